@@ -20,7 +20,7 @@ import tempfile
 import types
 import typing
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import field, fields
 from pathlib import Path
 
 import numpy as np
