@@ -15,6 +15,13 @@ from .core import EmdError, setup_logging
 COMMANDS = {
     'synth': ('emd.synth.benchmark', 'synth_cli',
               'write SynthForensics, a synthetic benchmark in the FF++ and AffectNet layouts'),
+    'prepare': {
+        'ffpp': ('emd.data.ffpp', 'ffpp_cli', 'FaceForensics++ videos -> face crops, aligned masks, one index'),
+        'affectnet': ('emd.data.affectnet', 'affectnet_cli', 'AffectNet images -> expression crops (classes 0-7)'),
+    },
+    'train': {
+        'fer': ('emd.fer_train', 'fer_train_cli', 'train the FER ensemble (ESR-9) on AffectNet crops (Eq. 1)'),
+    },
 }
 
 USAGE = """usage: emd [-h] [--version] COMMAND [options]
@@ -31,8 +38,14 @@ options:
   -v          debug logging (before COMMAND)
 """
 
-def _usage():
-    return USAGE.format(commands='\n'.join(f'  {k:10s}  {v[2]}' for k, v in COMMANDS.items()))
+def _usage(group=None):
+    if group is not None:
+        return (f"usage: emd {group} {{{','.join(COMMANDS[group])}}} [options]\n\ncommands:\n"
+                + '\n'.join(f'  {k:10s}  {v[2]}' for k, v in COMMANDS[group].items())
+                + f"\n\nEach has its own --help: emd {group} {next(iter(COMMANDS[group]))} --help\n")
+    names = [(f'{k} {s}', w[2]) for k, v in COMMANDS.items() for s, w in (v.items() if isinstance(v, dict) else [('', v)])]
+    width = max(len(n.strip()) for n, _ in names)
+    return USAGE.format(commands='\n'.join(f'  {n.strip():{width}s}  {h}' for n, h in names))
 
 def main(argv=None) -> int:
     "Run `emd COMMAND ...`; returns the exit status."
@@ -49,8 +62,17 @@ def main(argv=None) -> int:
         print(_usage(), file=sys.stderr)
         print(f"emd: error: unknown command {cmd!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
+    entry = COMMANDS[cmd]
+    if isinstance(entry, dict):
+        if not rest or rest[0] in ('-h', '--help'):
+            print(_usage(cmd)); return 0 if rest else 2
+        if rest[0] not in entry:
+            print(_usage(cmd), file=sys.stderr)
+            print(f"emd {cmd}: error: unknown command {rest[0]!r}; choose one of: {', '.join(entry)}", file=sys.stderr)
+            return 2
+        cmd, entry, rest = f'{cmd} {rest[0]}', entry[rest[0]], rest[1:]
     setup_logging(verbose)
-    module, fn, _ = COMMANDS[cmd]
+    module, fn, _ = entry
     try:
         return getattr(importlib.import_module(module), fn)(rest, prog=f'emd {cmd}') or 0
     except EmdError as e:

@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['log', 'EmdError', 'setup_logging', 'rng_for', 'seed_everything', 'param', 'Params', 'atomic_write', 'write_json',
-           'output_dir', 'package_info']
+           'output_dir', 'run_parallel', 'package_info', 'fast_bf16']
 
 # %% ../nbs/00_core.ipynb #ad81cf36
 import argparse
@@ -211,6 +211,39 @@ def output_dir(path, force: bool = False, what: str = 'output') -> Path:
     return path
 
 # %% ../nbs/00_core.ipynb #2b920d09
+def _portable(obj, mod):
+    "`obj` with dataclasses defined in `__main__` (a notebook) replaced by `mod`'s class of the same name."
+    if isinstance(obj, (list, tuple)): return type(obj)(_portable(o, mod) for o in obj)
+    if isinstance(obj, dict): return {k: _portable(v, mod) for k, v in obj.items()}
+    cls = type(obj)
+    if dataclasses.is_dataclass(obj) and cls.__module__ == '__main__' and hasattr(mod, cls.__name__):
+        return getattr(mod, cls.__name__)(**{f.name: _portable(getattr(obj, f.name), mod) for f in fields(obj)})
+    return obj
+
+def run_parallel(module: str, tasks: list, workers: int, desc: str, unit: str = 'task', total=None, weight=None):
+    "Run `(function name, kwargs)` tasks of `module` in `workers` processes; results in completion order."
+    import importlib
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+    from tqdm.auto import tqdm
+    mod = importlib.import_module(module)
+    bar = tqdm(total=len(tasks) if total is None else total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True)
+    step = weight or (lambda r: 1)
+    results = []
+    try:
+        if workers <= 1:
+            for fn, kw in tasks:
+                results.append(getattr(mod, fn)(**kw)); bar.update(step(results[-1]))
+        else:
+            with ProcessPoolExecutor(workers, mp_context=get_context('spawn')) as ex:
+                futs = [ex.submit(getattr(mod, fn), **_portable(kw, mod)) for fn, kw in tasks]
+                for f in as_completed(futs):
+                    results.append(f.result()); bar.update(step(results[-1]))
+    finally:
+        bar.close()
+    return results
+
+# %% ../nbs/00_core.ipynb #73299554
 def package_info() -> dict:
     "Version of emd and, when run from a git checkout, its commit (and whether it had local changes)."
     from emd import __version__
@@ -225,3 +258,16 @@ def package_info() -> dict:
         except (OSError, subprocess.SubprocessError):
             pass
     return info
+
+# %% ../nbs/00_core.ipynb #52abc06c
+def fast_bf16(device) -> bool:
+    "True where bfloat16 autocast is fast: a CUDA GPU with bf16, or a CPU with AMX/AVX-512 BF16."
+    import torch
+    device = torch.device(device)
+    if device.type == 'cuda': return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type != 'cpu': return False
+    try:
+        flags = Path('/proc/cpuinfo').read_text().split()
+    except OSError:
+        return False
+    return 'amx_bf16' in flags or 'avx512_bf16' in flags

@@ -13,18 +13,14 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm.auto import tqdm
 
-from ..core import EmdError, Params, output_dir, package_info, param, rng_for, write_json, log
+from ..core import EmdError, Params, log, output_dir, package_info, param, rng_for, run_parallel, write_json
 from .faces import EXPRESSIONS, Expression, Identity, Light, Pose, background, expression, render
 from .videos import MANIPULATIONS, make_script, manipulate, render_video
 from ..video import CRF, write_video
@@ -52,6 +48,7 @@ class SynthConfig(Params):
     affectnet_val: int = param(15, 'AffectNet-layout validation images per expression class (0-7)')
     affectnet_other: float = param(.04, 'fraction of extra rows labelled 8-10 (None, Uncertain, No-Face)')
     affectnet_size: tuple[int, int] = param((128, 192), 'AffectNet-layout image side (range, pixels)')
+    parts: tuple[str, ...] = param(('ffpp', 'affectnet'), 'which data sets to write', choices=('ffpp', 'affectnet'))
     blend_softness: float = param(.5, 'difficulty: width of the feathered border of the fakes (0..1)')
     artefact_strength: float = param(.5, 'difficulty: strength of the re-rendering artefacts (0..1)')
     mask_crf: int = param(23, 'CRF of the mask videos')
@@ -222,24 +219,6 @@ OWNED = ('synthforensics.json', 'preview.png', 'original_sequences', 'manipulate
 NOTICE = ('SYNTHETIC DATA made by `emd synth` (SynthForensics): not FaceForensics++ and not AffectNet. Results on '
           'it test the code path only and must not be presented as results on the real data sets.')
 
-def _run(tasks, workers, desc):
-    "Run `(function name, kwargs)` tasks, in processes when `workers > 1`, with a progress bar."
-    import emd.synth.benchmark as this   # workers import functions from the package, never from a notebook
-    bar = tqdm(total=len(tasks), desc=desc, unit='task', file=sys.stderr, dynamic_ncols=True)
-    results = []
-    try:
-        if workers <= 1:
-            for fn, kw in tasks:
-                results.append(getattr(this, fn)(**kw)); bar.update()
-        else:
-            with ProcessPoolExecutor(workers, mp_context=get_context('spawn')) as ex:
-                futs = [ex.submit(getattr(this, fn), **kw) for fn, kw in tasks]
-                for f in as_completed(futs):
-                    results.append(f.result()); bar.update()
-    finally:
-        bar.close()
-    return results
-
 def synthesize(cfg: SynthConfig) -> dict:
     "Write a SynthForensics benchmark to `cfg.out`; returns a summary (also in `synthforensics.json`)."
     cfg.check()
@@ -253,29 +232,34 @@ def synthesize(cfg: SynthConfig) -> dict:
                 generator=package_info(), config={k: v for k, v in cfg.to_dict().items() if k not in ('out', 'force', 'workers')})
     write_json(root / 'synthforensics.json', meta)
     pairs = make_pairs(cfg)
-    for split, ps in pairs.items():
-        write_json(root / 'splits' / f'{split}.json', [[video_name(cfg, a), video_name(cfg, b)] for a, b in ps], indent=None)
+    if 'ffpp' in cfg.parts:
+        for split, ps in pairs.items():
+            write_json(root / 'splits' / f'{split}.json', [[video_name(cfg, a), video_name(cfg, b)] for a, b in ps],
+                       indent=None)
     partner = partners(cfg)
-    plan = affectnet_plan(cfg)
+    plan = affectnet_plan(cfg) if 'affectnet' in cfg.parts else []
     chunk = max(8, len(plan) // 16)
-    tasks = [('make_video', dict(cfg=cfg, root=root, v=v, partner=partner[v])) for v in range(cfg.videos)]
+    tasks = [('make_video', dict(cfg=cfg, root=root, v=v, partner=partner[v])) for v in range(cfg.videos)
+             if 'ffpp' in cfg.parts]
     tasks += [('make_affectnet_images', dict(cfg=cfg, root=root, items=plan[i:i + chunk], total=len(plan)))
-              for i in range(0, len(plan), chunk)]
+              for i in range(0, len(plan), chunk) if 'affectnet' in cfg.parts]
     workers = cfg.workers or os.cpu_count() or 1
     log.info(f"SynthForensics ({cfg.profile}): {cfg.videos} real videos, {len(cfg.methods)} x {cfg.videos} fakes, "
              f"{len(plan)} AffectNet-layout images -> {root} ({min(workers, len(tasks))} processes)")
-    results = _run(tasks, min(workers, len(tasks)), 'SynthForensics')
+    results = run_parallel('emd.synth.benchmark', tasks, min(workers, len(tasks)), 'SynthForensics')
     videos = sorted((r for r in results if isinstance(r, dict)), key=lambda r: r['video'])
     images = sorted((row for r in results if isinstance(r, list) for row in r), key=lambda r: r['index'])
-    for split in ('training', 'validation'):
-        with open(root / f'{split}.csv', 'w', newline='') as f:
-            w = csv.DictWriter(f, AFFECTNET_COLUMNS)
-            w.writeheader()
-            w.writerows(r['row'] for r in images if r['split'] == split)
-    (root / 'synth_groundtruth').mkdir(exist_ok=True)
-    with open(root / 'synth_groundtruth/affectnet.csv', 'w', newline='') as f:
-        w = csv.writer(f); w.writerow(['subDirectory_filePath', 'split', 'expression', 'identity_seed'])
-        w.writerows([r['row']['subDirectory_filePath'], r['split'], r['row']['expression'], r['identity_seed']] for r in images)
+    if 'affectnet' in cfg.parts:
+        for split in ('training', 'validation'):
+            with open(root / f'{split}.csv', 'w', newline='') as f:
+                w = csv.DictWriter(f, AFFECTNET_COLUMNS)
+                w.writeheader()
+                w.writerows(r['row'] for r in images if r['split'] == split)
+        (root / 'synth_groundtruth').mkdir(exist_ok=True)
+        with open(root / 'synth_groundtruth/affectnet.csv', 'w', newline='') as f:
+            w = csv.writer(f); w.writerow(['subDirectory_filePath', 'split', 'expression', 'identity_seed'])
+            w.writerows([r['row']['subDirectory_filePath'], r['split'], r['row']['expression'], r['identity_seed']]
+                        for r in images)
     counts = dict(real_videos=len(videos), fake_videos={m: len(videos) for m in cfg.methods},
                   real_frames=sum(r['frames'] for r in videos),
                   fake_frames={m: sum(r['fakes'][m] for r in videos) for m in cfg.methods},
@@ -284,7 +268,7 @@ def synthesize(cfg: SynthConfig) -> dict:
                   affectnet_excluded_8_10={s: sum(r['split'] == s and int(r['row']['expression']) >= 8 for r in images)
                                            for s in ('training', 'validation')})
     try:
-        preview(root, root / 'preview.png')
+        if set(cfg.parts) == {'ffpp', 'affectnet'}: preview(root, root / 'preview.png')
     except Exception as e:  # a preview must never cost the user the data set
         log.warning(f"could not draw {root / 'preview.png'}: {e}")
     meta.update(status='complete', counts=counts, seconds=round(time.time() - t0, 1))

@@ -150,12 +150,21 @@ def _deepfakes(t: Script, src: Script, n, strength, rng):
 
 _METHODS = dict(Face2Face=_face2face, NeuralTextures=_neural_textures, Deepfakes=_deepfakes)
 
+def _as_long_as(s: Script, n: int) -> Script:
+    "`s` with its expressions and labels played forwards and backwards to cover `n` frames."
+    i = np.arange(n) % max(1, 2 * len(s) - 2)
+    i = np.where(i < len(s), i, 2 * len(s) - 2 - i)
+    return Script(s.identity, s.light, s.background, [s.poses[j] for j in i], [s.expressions[j] for j in i],
+                  [s.labels[j] for j in i], s.noise, s.noise_seed)
+
 def manipulate(method: str, target: Script, source: Script, real: np.ndarray, real_landmarks: np.ndarray,
                softness: float = .5, strength: float = .5, seed: int = 0):
     """Forge `target` with `source` by `method`, given the target's rendered frames and landmarks.
-    Returns (fake frames, masks 0/255, landmarks of the re-render), `min(len(target), len(source))` frames each."""
+    Returns (fake frames, masks 0/255, landmarks of the re-render), as many frames as the target (as in FF++; a
+    shorter source's motion is played forwards and backwards)."""
     if method not in _METHODS: raise ValueError(f"unknown manipulation {method!r}; choose from {MANIPULATIONS}")
-    n = min(len(target), len(source))
+    n = len(target)
+    source = _as_long_as(source, n)
     rng = np.random.default_rng([target.noise_seed, seed, MANIPULATIONS.index(method)])
     re, lm, idx, expand, post = _METHODS[method](target, source, n, strength, rng)
     gain = 1 + strength * .05 * rng.choice([-1, 1], 3)
