@@ -21,6 +21,7 @@ COMMANDS = {
     },
     'train': {
         'fer': ('emd.fer_train', 'fer_train_cli', 'train the FER ensemble (ESR-9) on AffectNet crops (Eq. 1)'),
+        'detector': ('emd.train', 'train_cli', "train a detector (EMD or a baseline) with the paper's two-phase recipe"),
     },
 }
 

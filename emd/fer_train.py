@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['FerTrainConfig', 'Stage', 'stages', 'ensemble_loss', 'evaluate', 'stage_subset', 'resolve_device', 'make_optimizer',
-           'train_fer', 'plot_confusion', 'cam_region_report', 'fer_train_cli']
+           'train_fer', 'plot_confusion', 'cam_region_report', 'fer_report', 'fer_train_cli']
 
 # %% ../nbs/21_fer_train.ipynb #c1dd1e36
 import csv
@@ -58,7 +58,7 @@ class FerTrainConfig(Params):
     force: bool = param(False, 'start over in a non-empty --out')
     PROFILES = {
         'paper': dict(),
-        'smoke': dict(epochs=6, optimizer='adam', lr=2e-3, step_size=0, batch_size=32, workers=1),
+        'smoke': dict(epochs=2, optimizer='adam', lr=1e-3, step_size=0, batch_size=16, augment=False, workers=1),
     }
 
     def check(self):
@@ -324,6 +324,58 @@ def cam_region_report(model, store, split: str = 'val', device='cpu', pad: float
             rows.append(dict(image_path=r.image_path, label=int(r.label), c_freq=int(sel.c_freq[j]), branch=int(sel.branch[j]),
                              region=cam_peak_region(cam, reg), chance=float(np.mean(reg['brows'] | reg['eyes'] | reg['mouth']))))
     return pd.DataFrame(rows)
+
+# %% ../nbs/21_fer_train.ipynb #3ad214d7
+def fer_report(run, store, out, name: str = 'fer-smoke', command: str = '') -> dict:
+    "Write OUT/NAME.md, NAME.json, NAME-confusion.png and NAME-cams.png about the finished run in `run`."
+    import matplotlib.pyplot as plt
+    from emd.fer import load_fer, fer_cam, overlay_cam
+    run, out = Path(run), Path(out); out.mkdir(parents=True, exist_ok=True)
+    if not (run / 'summary.json').is_file(): raise EmdError(f"{run} has no summary.json: the run has not finished")
+    s = json.loads((run / 'summary.json').read_text())
+    hist = list(csv.DictReader(open(run / 'log.csv')))
+    best_row = next(r for r in hist if int(r['epoch']) == s['best_epoch'])
+    model = load_fer(run)
+    rep = cam_region_report(model, store)
+    hit = float(rep.region.isin(['brows', 'eyes', 'mouth']).mean())
+    tag = 'SYNTHETIC data (SynthForensics), not AffectNet' if s['synthetic'] else 'AffectNet'
+    res = dict(data=tag, synthetic=s['synthetic'], model=s['model'], branches=s['branches'], device=s['device'],
+               train_images=s['train_images'], val_images=s['val_images'], epochs=s['epochs'],
+               best_epoch=s['best_epoch'], best_val_accuracy=s['best_val_accuracy'], train_seconds=s['seconds'],
+               branch_val_accuracy=[float(v) for k, v in best_row.items() if k.startswith('val_accuracy_branch')],
+               cam_peak_on_brows_eyes_mouth=hit, cam_regions_area=float(rep.chance.mean()),
+               cam_peak_regions={k: int(v) for k, v in rep.region.value_counts().items()}, cam_images=len(rep),
+               command=command, package=s['package'])
+    write_json(out / f'{name}.json', res)
+    cm = np.loadtxt(run / 'confusion.csv', delimiter=',', skiprows=1, dtype=np.int64, ndmin=2)
+    plot_confusion(cm, FER_CLASSES[:cm.shape[0]], f"FER validation confusion ({tag})").savefig(
+        out / f'{name}-confusion.png', dpi=110, bbox_inches='tight')
+    val = ExpressionDataset(store, 'val')
+    rows = val.rows.groupby('label').head(2).sort_values('label')
+    x = torch.stack([val[i][0] for i in rows.index])
+    cams, sel = fer_cam(model, x)
+    fig, axes = plt.subplots(2, 8, figsize=(13, 4.1))
+    for ax, j, cam, c, b in zip(axes.T.ravel(), range(len(x)), cams.numpy(), sel.c_freq, sel.branch):
+        img = (x[j].permute(1, 2, 0).numpy() * 255).astype(np.uint8)   # BGR
+        ax.imshow(overlay_cam(img, cam)[..., ::-1]); ax.axis('off')
+        ax.set_title(f"{FER_CLASSES[int(rows.label.iloc[j])]} -> {FER_CLASSES[int(c)]}\nbranch {int(b) + 1}", fontsize=8)
+    fig.suptitle(f"CAM of the branch selected by Eqs. 3-5 for the ensemble's decision (true -> decided); {tag}", fontsize=9)
+    fig.savefig(out / f'{name}-cams.png', dpi=110, bbox_inches='tight'); plt.close(fig)
+    br = res['branch_val_accuracy']
+    md = [f"# FER stream: {s['model']} ({s['branches']} branches), {tag}", '',
+          f"| measure | value |", "|---|---|",
+          f"| training / validation images | {s['train_images']} / {s['val_images']} |",
+          f"| epochs (best) | {s['epochs']} ({s['best_epoch']}) |",
+          f"| ensemble validation accuracy (vote, best epoch) | {s['best_val_accuracy']:.1%} |",
+          f"| single branches at that epoch | {min(br):.1%} - {max(br):.1%} |" if br else "| single branches | - |",
+          f"| training time | {s['seconds'] / 60:.1f} min on {s['device']} |",
+          f"| CAM peak on brows, eyes or mouth | {hit:.1%} of {len(rep)} validation faces |",
+          f"| area of those regions (chance) | {res['cam_regions_area']:.1%} |", '',
+          f"Peak regions: " + ', '.join(f'{k} {v}' for k, v in res['cam_peak_regions'].items()) + '.', '',
+          f"![confusion]({name}-confusion.png)", '', f"![CAMs]({name}-cams.png)", '',
+          f"*{tag}. Produced by `{command}`* " if command else f"*{tag}.*"]
+    (out / f'{name}.md').write_text('\n'.join(md) + '\n')
+    return res
 
 # %% ../nbs/21_fer_train.ipynb #a3965fd8
 def fer_train_cli(argv=None, prog='emd train fer'):

@@ -44,7 +44,7 @@ class SynthConfig(Params):
     methods: tuple[str, ...] = param(METHODS, 'manipulation methods', choices=METHODS)
     compressions: tuple[str, ...] = param(('c23', 'c40'), 'H.264 qualities: raw (CRF 0), c23, c40', choices=tuple(CRF))
     split: tuple[float, float, float] = param((.72, .14, .14), 'train/val/test fractions of the pairs')
-    affectnet_train: int = param(60, 'AffectNet-layout training images per expression class (0-7)')
+    affectnet_train: int = param(120, 'AffectNet-layout training images per expression class (0-7)')
     affectnet_val: int = param(15, 'AffectNet-layout validation images per expression class (0-7)')
     affectnet_other: float = param(.04, 'fraction of extra rows labelled 8-10 (None, Uncertain, No-Face)')
     affectnet_size: tuple[int, int] = param((128, 192), 'AffectNet-layout image side (range, pixels)')
@@ -175,7 +175,7 @@ def _affectnet_file(cfg, index, total):
 
 def _affectnet_expression(c, rng):
     "The face of class `c`: a noisy prototype (0-7), a blend of two (None) or a faint one (Uncertain)."
-    if c < 8: e = expression(EXPRESSIONS[c], rng.uniform(.6, 1.1))
+    if c < 8: e = expression(EXPRESSIONS[c], rng.uniform(.85, 1.2))   # every class clearly itself (see the notes)
     elif c == 8: e = expression(EXPRESSIONS[rng.integers(8)], .5).mix(expression(EXPRESSIONS[rng.integers(8)]), .5)
     else: e = expression(EXPRESSIONS[rng.integers(8)], .3)
     a = e.array() + rng.normal(0, .06, len(e.array()))
