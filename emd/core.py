@@ -4,16 +4,19 @@
 
 # %% auto #0
 __all__ = ['log', 'EmdError', 'setup_logging', 'rng_for', 'seed_everything', 'param', 'Params', 'atomic_write', 'write_json',
-           'output_dir', 'run_parallel', 'package_info', 'fast_bf16']
+           'output_dir', 'save_checkpoint', 'load_checkpoint', 'write_csv_log', 'open_run', 'run_parallel',
+           'package_info', 'fast_bf16']
 
 # %% ../nbs/00_core.ipynb #ad81cf36
 import argparse
+import csv
 import dataclasses
 import hashlib
 import json
 import logging
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -209,6 +212,46 @@ def output_dir(path, force: bool = False, what: str = 'output') -> Path:
         raise EmdError(f"{path} is not empty; choose an empty or new folder, or pass --force to write into it")
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+# %% ../nbs/00_core.ipynb #6309c792
+def save_checkpoint(path, **state):
+    "Write a checkpoint (tensors, numbers, strings, lists and dicts of them) atomically."
+    import torch
+    with atomic_write(path) as tmp: torch.save(state, tmp)
+
+def load_checkpoint(path) -> dict:
+    "Read a `save_checkpoint` file on the CPU with `weights_only=True`."
+    import torch
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise EmdError(f"cannot read the checkpoint {path} ({type(e).__name__}); start over with --force") from None
+
+def write_csv_log(path, rows: list):
+    "Write `rows` (dicts; later rows may add keys) as CSV, atomically."
+    if not rows: return
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    with atomic_write(path) as tmp, open(tmp, 'w', newline='') as f:
+        w = csv.DictWriter(f, keys, restval=''); w.writeheader(); w.writerows(rows)
+
+def open_run(cfg, main: bool = True, barrier=lambda: None):
+    "Run folder of `cfg` (with out, data, resume, force, run_settings()): (folder, checkpoint dict or None)."
+    out = Path(cfg.out); ckpt = out / 'checkpoint.pt'
+    if cfg.resume:
+        if not ckpt.exists(): raise EmdError(f"--resume: {ckpt} does not exist; start the run without --resume")
+        saved = json.loads((out / 'config.json').read_text())
+        diff = {k: (saved.get(k), v) for k, v in cfg.run_settings().items() if saved.get(k) != v}
+        if diff: raise EmdError(f"--resume: the run in {out} was started with other settings {diff} (saved, given)")
+        return out, load_checkpoint(ckpt)
+    if out.exists() and any(out.iterdir()) and not cfg.force:
+        raise EmdError(f"{out} is not empty: pass --resume to continue the run there, or --force to start over")
+    barrier()
+    if main:
+        if out.exists(): shutil.rmtree(out)
+        out.mkdir(parents=True)
+        write_json(out / 'config.json', dict(cfg.run_settings(), data=str(cfg.data)))
+    barrier()
+    return out, None
 
 # %% ../nbs/00_core.ipynb #2b920d09
 def _portable(obj, mod):

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
-from .core import (EmdError, Params, atomic_write, fast_bf16, log, package_info, param, rng_for, seed_everything,
-                      write_json)
+from .core import (EmdError, Params, fast_bf16, log, open_run, package_info, param, rng_for, save_checkpoint,
+                      seed_everything, write_csv_log, write_json)
 from .data.datasets import ExpressionDataset
 from .fer import FER_CLASSES, FerEnsemble, SimFER, ensemble_vote, save_fer
 
@@ -109,23 +109,8 @@ def evaluate(model, loader, device, amp: bool = False) -> dict:
                 loss=loss / max(n, 1), confusion=cm.numpy())
 
 # %% ../nbs/21_fer_train.ipynb #d71cd8df
-def _save_checkpoint(path, **state):
-    with atomic_write(path) as tmp: torch.save(state, tmp)
-
-def _load_checkpoint(path) -> dict:
-    try:
-        return torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:
-        raise EmdError(f"cannot read the checkpoint {path} ({type(e).__name__}); start over with --force") from None
-
 def _state_cpu(model) -> dict:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-
-def _write_log(path, history: list):
-    if not history: return
-    keys = list(dict.fromkeys(k for row in history for k in row))   # grow: later stages add branch columns
-    with atomic_write(path) as tmp, open(tmp, 'w', newline='') as f:
-        w = csv.DictWriter(f, keys, restval=''); w.writeheader(); w.writerows(history)
 
 # %% ../nbs/21_fer_train.ipynb #ba5248ae
 def stage_subset(labels: np.ndarray, max_per_class: int, seed: int, stage: int) -> np.ndarray:
@@ -169,24 +154,6 @@ def make_optimizer(model, cfg: FerTrainConfig, stage: Stage):
 def _new_model(cfg: FerTrainConfig, stage: Stage):
     return FerEnsemble(stage.branches) if cfg.model == 'esr' else SimFER()
 
-def _prepare_run(cfg: FerTrainConfig) -> tuple[Path, dict | None]:
-    out = Path(cfg.out)
-    ckpt = out / 'checkpoint.pt'
-    if cfg.resume:
-        if not ckpt.exists(): raise EmdError(f"--resume: {ckpt} does not exist; start the run without --resume")
-        saved = json.loads((out / 'config.json').read_text())
-        want = cfg.run_settings()
-        diff = {k: (saved.get(k), v) for k, v in want.items() if saved.get(k) != v}
-        if diff: raise EmdError(f"--resume: the run in {out} was started with other settings {diff} (saved, given)")
-        return out, _load_checkpoint(ckpt)
-    if out.exists() and any(out.iterdir()):
-        if not cfg.force:
-            raise EmdError(f"{out} is not empty: pass --resume to continue the run there, or --force to start over")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / 'config.json', dict(cfg.run_settings(), data=str(cfg.data)))
-    return out, None
-
 def train_fer(cfg: FerTrainConfig, progress: bool = True) -> dict:
     "Train a FER model as `cfg` says; returns the summary (also written to RUN/summary.json)."
     from tqdm.auto import tqdm
@@ -194,7 +161,7 @@ def train_fer(cfg: FerTrainConfig, progress: bool = True) -> dict:
     device = resolve_device(cfg.device)
     amp = cfg.amp and fast_bf16(device)
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    out, ck = _prepare_run(cfg)
+    out, ck = open_run(cfg)
     seed_everything(cfg.seed)
     train_ds = ExpressionDataset(cfg.data, 'train', augment=cfg.augment)
     val_ds = ExpressionDataset(cfg.data, 'val')
@@ -268,8 +235,8 @@ def train_fer(cfg: FerTrainConfig, progress: bool = True) -> dict:
                          trained_on=str(cfg.data))
                 np.savetxt(out / 'confusion.csv', ev['confusion'], fmt='%d', delimiter=',',
                            header=','.join(FER_CLASSES[:model.n_classes]), comments='')
-            _write_log(out / 'log.csv', history)
-            _save_checkpoint(out / 'checkpoint.pt', model=_state_cpu(model), optimizer=opt.state_dict(),
+            write_csv_log(out / 'log.csv', history)
+            save_checkpoint(out / 'checkpoint.pt', model=_state_cpu(model), optimizer=opt.state_dict(),
                              scheduler=sched.state_dict(), stage=stage.index, stage_epoch=epoch + 1,
                              history=history, best_accuracy=best['accuracy'], best_epoch=best['epoch'],
                              stage_best=stage_best, rng=torch.get_rng_state())

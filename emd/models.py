@@ -7,7 +7,7 @@ __all__ = ['MODELS', 'DetectorOutput', 'ModelSpec', 'register_model', 'list_mode
            'encoder_weight_options', 'frozen_fer', 'widen_separable', 'EmdNet', 'emd', 'xception_seg',
            'xception_simfer']
 
-# %% ../nbs/30_models.ipynb #90ec8e9a
+# %% ../nbs/30_models.ipynb #5c6a8e44
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +21,7 @@ from .core import EmdError, log
 from .data.datasets import fer_input
 from .fer import FerEnsemble, SimFER, build_fer, load_fer, select_branch_features
 
-# %% ../nbs/30_models.ipynb #42682b9a
+# %% ../nbs/30_models.ipynb #6f663c1e
 class DetectorOutput(NamedTuple):
     logits: torch.Tensor                 # B: the fake score of each frame, as a logit
     mask_logits: torch.Tensor | None     # B x 1 x H x W at the input size, or None for classification-only models
@@ -60,7 +60,7 @@ def create_model(name: str, **options) -> nn.Module:
     model.spec, model.options = spec, dict(options)
     return model
 
-# %% ../nbs/30_models.ipynb #e1809bff
+# %% ../nbs/30_models.ipynb #99f71279
 _said = set()
 def say_once(msg: str):
     "Log `msg` at INFO level the first time it is said in this process."
@@ -93,7 +93,7 @@ def frozen_fer(fer, kind: str) -> nn.Module:
     for p in fer.parameters(): p.requires_grad_(False)
     return fer
 
-# %% ../nbs/30_models.ipynb #e6ee0412
+# %% ../nbs/30_models.ipynb #8fdd2eae
 def widen_separable(conv: nn.Module, extra: int) -> nn.Module:
     "Give a timm SeparableConv2d `extra` more input channels: old weights copied, new pointwise inputs zero."
     dw, bn, pw = conv.conv_dw, conv.bn_dw, conv.conv_pw
@@ -115,7 +115,7 @@ def widen_separable(conv: nn.Module, extra: int) -> nn.Module:
     conv.conv_dw, conv.bn_dw, conv.conv_pw = new_dw, new_bn, new_pw
     return conv
 
-# %% ../nbs/30_models.ipynb #79bc7317
+# %% ../nbs/30_models.ipynb #82a4fe68
 class EmdNet(nn.Module):
     "DeepLabv3+ (aligned Xception, output stride 16) with a classification head and an optional frozen FER stream."
     def __init__(self, encoder: str = 'tu-xception65', fer: nn.Module | None = None, encoder_weights=None,
@@ -154,8 +154,10 @@ class EmdNet(nn.Module):
         "Eqs. 3-5 on the FER input made from detector crops `x`."
         return select_branch_features(self.fer(fer_input(x)))
 
-    def forward(self, x: torch.Tensor) -> DetectorOutput:
-        if self.fer is not None: self._ff = self.fer_selection(x).features
+    def forward(self, x: torch.Tensor, fer_features: torch.Tensor | None = None) -> DetectorOutput:
+        "Logits and mask logits of crops `x`; `fer_features` (FF of Eq. 5) may be given when they are already known."
+        if self.fer is not None:
+            self._ff = fer_features if fer_features is not None else self.fer_selection(x).features
         try:
             masks, labels = self.net(x)
         finally:
@@ -172,7 +174,7 @@ class EmdNet(nn.Module):
         keep = [self.last_block, self.net.decoder, self.net.segmentation_head, self.net.classification_head]
         return [p for m in keep for p in m.parameters()]
 
-# %% ../nbs/30_models.ipynb #a2037b50
+# %% ../nbs/30_models.ipynb #fc3739dc
 @register_model('emd', 'EMD: DeepLabv3+ (aligned Xception) with ESR-9 features before the last encoder block',
                 segments=True, fer='esr', tables='II III IV V, Figs. 4-7')
 def emd(encoder: str = 'tu-xception65', fer=None, encoder_weights=None, dropout: float = .2):

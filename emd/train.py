@@ -4,10 +4,11 @@
 
 # %% auto #0
 __all__ = ['DetectorTrainConfig', 'detector_loss', 'trainable_parameters', 'set_phase', 'train_mode', 'Dist', 'video_subset',
-           'detection_data', 'train_loader', 'eval_loader', 'evaluate', 'predict', 'write_predictions',
-           'load_predictions', 'save_detector', 'load_detector', 'train_detector', 'train_cli']
+           'detection_data', 'train_loader', 'eval_loader', 'FerCache', 'fer_cache_for', 'evaluate', 'predict',
+           'write_predictions', 'load_predictions', 'save_detector', 'load_detector', 'train_detector',
+           'detector_report', 'train_cli']
 
-# %% ../nbs/31_train.ipynb #4bce39b8
+# %% ../nbs/31_train.ipynb #2b431f27
 import csv
 import json
 import os
@@ -24,12 +25,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
-from .core import EmdError, Params, atomic_write, fast_bf16, log, package_info, param, rng_for, seed_everything, write_json
+from .core import (EmdError, Params, atomic_write, fast_bf16, log, open_run, package_info, param, rng_for, save_checkpoint,
+                      seed_everything, write_csv_log, write_json)
 from .data.datasets import DetectionDataset
 from .fer_train import resolve_device
 from .models import DetectorOutput, create_model, list_models, model_spec
 
-# %% ../nbs/31_train.ipynb #b8b95ae7
+# %% ../nbs/31_train.ipynb #b9a1fd25
 @dataclass
 class DetectorTrainConfig(Params):
     "Parameters of one detector training run."
@@ -64,12 +66,14 @@ class DetectorTrainConfig(Params):
     amp: bool = param(True, 'bfloat16 autocast where it is fast (a GPU, or a CPU with AMX/AVX-512 BF16)')
     channels_last: bool = param(True, 'channels-last memory format')
     seed: int = param(0, 'random seed')
+    fer_cache_gb: float = param(4., "keep the frozen FER's feature map of each frame in memory after its first use, up "
+                                    "to this many GB (0: off; never with --augment)")
     predict: bool = param(True, 'write the best epoch\'s predictions on the test split')
     resume: bool = param(False, 'continue the run in --out from its checkpoint')
     force: bool = param(False, 'start over in a non-empty --out')
     PROFILES = {
         'paper': dict(),
-        'smoke': dict(encoder='tu-xception41', size=128, epochs_phase1=1, epochs=3, workers=1),
+        'smoke': dict(encoder='tu-xception41', size=96, epochs_phase1=0, epochs=3, batch_size=8, workers=1),
     }
 
     def check(self):
@@ -83,7 +87,7 @@ class DetectorTrainConfig(Params):
     def run_settings(self) -> dict:
         "What must not change between a run and its resumption (`epochs` may grow: `--resume --epochs 30` extends a run)."
         return {k: v for k, v in self.to_dict().items()
-                if k not in ('out', 'data', 'resume', 'force', 'workers', 'device', 'predict', 'epochs')}
+                if k not in ('out', 'data', 'resume', 'force', 'workers', 'device', 'predict', 'epochs', 'fer_cache_gb')}
 
     def model_options(self) -> dict:
         "The options of `create_model` that this run sets (those the model's builder takes)."
@@ -96,7 +100,7 @@ class DetectorTrainConfig(Params):
         if spec.fer: opts['fer'] = self.fer or None
         return opts
 
-# %% ../nbs/31_train.ipynb #cc8a33ba
+# %% ../nbs/31_train.ipynb #04a3991e
 def detector_loss(out: DetectorOutput, batch: dict, seg_weight: float = 1.) -> tuple:
     "L = L_cls + seg_weight * L_seg (Eqs. 6-8): BCE on the frame logit, BCE over the mask's pixels; returns (loss, parts)."
     cls = F.binary_cross_entropy_with_logits(out.logits.float(), batch['label'].float())
@@ -104,7 +108,7 @@ def detector_loss(out: DetectorOutput, batch: dict, seg_weight: float = 1.) -> t
     seg = F.binary_cross_entropy_with_logits(out.mask_logits.float(), batch['mask'].float())
     return cls + seg_weight * seg, dict(cls=cls.detach(), seg=seg.detach())
 
-# %% ../nbs/31_train.ipynb #08e3959a
+# %% ../nbs/31_train.ipynb #ffb9cb58
 def trainable_parameters(model: nn.Module) -> list:
     "Parameters that may ever train (recorded once, before any phase freezes some)."
     if not hasattr(model, '_emd_trainable'):
@@ -125,7 +129,7 @@ def train_mode(model: nn.Module):
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine and not m.weight.requires_grad: m.eval()
     return model
 
-# %% ../nbs/31_train.ipynb #10afb2d9
+# %% ../nbs/31_train.ipynb #1a7ef5d5
 class Dist:
     "The process group (or a single process): rank, world size, device, and sum-reductions."
     def __init__(self, device_name: str = 'auto'):
@@ -165,7 +169,7 @@ class Dist:
         for b in model.buffers():
             if b.is_floating_point(): dist.all_reduce(b); b.div_(self.world)
 
-# %% ../nbs/31_train.ipynb #46d608d4
+# %% ../nbs/31_train.ipynb #b457d1c7
 def video_subset(rows: pd.DataFrame, n: int, seed: int) -> np.ndarray:
     "Row indices of `n` seeded target videos (real `A`, fakes `A_B`) and all their frames; all rows when n is 0."
     if n <= 0: return np.arange(len(rows))
@@ -206,12 +210,40 @@ def eval_loader(ds, cfg: DetectorTrainConfig, dd: Dist, shard: bool = True):
     return DataLoader(part, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers,
                       pin_memory=dd.device.type == 'cuda')
 
-# %% ../nbs/31_train.ipynb #c8e6638a
+# %% ../nbs/31_train.ipynb #9dd0e4c8
+class FerCache:
+    "FF (Eq. 5) of each frame, computed by the model's frozen FER on first use and kept (up to `max_bytes`)."
+    def __init__(self, max_bytes: float = 4e9):
+        self.max_bytes, self.maps, self.bytes = max_bytes, {}, 0
+
+    def __call__(self, model, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        "The FF of the frames `index` (dataset positions) whose crops are `x`."
+        idx = index.tolist()
+        out = [None] * len(idx)
+        todo = [j for j, i in enumerate(idx) if i not in self.maps]
+        if todo:
+            raw = getattr(model, 'module', model)
+            ff = raw.fer_selection(x[todo]).features
+            for j, f in zip(todo, ff):
+                out[j] = f
+                size = f.numel() * f.element_size()
+                if self.bytes + size <= self.max_bytes: self.maps[idx[j]] = f.clone(); self.bytes += size
+        for j, i in enumerate(idx):
+            if out[j] is None: out[j] = self.maps[i]
+        return torch.stack(out)
+
+def fer_cache_for(model, cfg) -> 'FerCache | None':
+    "A `FerCache` when the model has a FER stream and the run allows one."
+    has_fer = getattr(getattr(model, 'module', model), 'fer', None) is not None
+    return FerCache(cfg.fer_cache_gb * 1e9) if (has_fer and cfg.fer_cache_gb > 0 and not cfg.augment) else None
+
+# %% ../nbs/31_train.ipynb #3de3c9fe
 def _autocast(device, amp: bool):
     return torch.autocast(device.type, torch.bfloat16, enabled=amp)
 
 @torch.no_grad()
-def evaluate(model, loader, dd: Dist, amp: bool = False, fmt=torch.contiguous_format, seg_weight: float = 1.) -> dict:
+def evaluate(model, loader, dd: Dist, amp: bool = False, fmt=torch.contiguous_format, seg_weight: float = 1.,
+             cache: FerCache | None = None) -> dict:
     "Frame accuracy, mean loss and pixel accuracy on `loader`, summed over the processes."
     model.eval()
     correct = loss = n = pix_ok = pix_n = 0.
@@ -219,7 +251,7 @@ def evaluate(model, loader, dd: Dist, amp: bool = False, fmt=torch.contiguous_fo
         x = b['image'].to(dd.device, non_blocking=True, memory_format=fmt)
         b = {k: v.to(dd.device, non_blocking=True) for k, v in b.items() if k != 'image'}
         with _autocast(dd.device, amp):
-            out = model(x)
+            out = model(x) if cache is None else model(x, fer_features=cache(model, x, b['index']))
         l, _ = _loss(model, out, b, seg_weight)
         correct += ((out.logits.float() > 0) == (b['label'] > .5)).sum().item()
         loss += l.item() * len(x); n += len(x)
@@ -274,7 +306,7 @@ def load_predictions(folder, split: str = 'test'):
         with np.load(m) as z: return df, (z['prob'], z['true'])
     return df, None
 
-# %% ../nbs/31_train.ipynb #324067c8
+# %% ../nbs/31_train.ipynb #9b74b9bd
 def save_detector(model: nn.Module, folder, **facts) -> Path:
     "Write `model.safetensors` and `model.json` (name, build options, `facts`) into `folder`."
     from safetensors.torch import save_file
@@ -311,40 +343,7 @@ def load_detector(path, device='cpu') -> nn.Module:
     model.meta = meta
     return model.to(device).eval()
 
-# %% ../nbs/31_train.ipynb #4e700e32
-def _save_checkpoint(path, **state):
-    with atomic_write(path) as tmp: torch.save(state, tmp)
-
-def _load_checkpoint(path) -> dict:
-    try:
-        return torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:
-        raise EmdError(f"cannot read the checkpoint {path} ({type(e).__name__}); start over with --force") from None
-
-def _prepare_run(cfg: DetectorTrainConfig, dd: Dist):
-    out = Path(cfg.out); ckpt = out / 'checkpoint.pt'
-    if cfg.resume:
-        if not ckpt.exists(): raise EmdError(f"--resume: {ckpt} does not exist; start the run without --resume")
-        saved = json.loads((out / 'config.json').read_text())
-        diff = {k: (saved.get(k), v) for k, v in cfg.run_settings().items() if saved.get(k) != v}
-        if diff: raise EmdError(f"--resume: the run in {out} was started with other settings {diff} (saved, given)")
-        return out, _load_checkpoint(ckpt)
-    if out.exists() and any(out.iterdir()) and not cfg.force:
-        raise EmdError(f"{out} is not empty: pass --resume to continue the run there, or --force to start over")
-    dd.barrier()
-    if dd.main:
-        if out.exists(): shutil.rmtree(out)
-        out.mkdir(parents=True)
-        write_json(out / 'config.json', dict(cfg.run_settings(), data=str(cfg.data)))
-    dd.barrier()
-    return out, None
-
-def _write_log(path, history):
-    if not history: return
-    keys = list(dict.fromkeys(k for row in history for k in row))
-    with atomic_write(path) as tmp, open(tmp, 'w', newline='') as f:
-        w = csv.DictWriter(f, keys, restval=''); w.writeheader(); w.writerows(history)
-
+# %% ../nbs/31_train.ipynb #d3299608
 def _digest(model) -> str:
     import hashlib
     h = hashlib.sha256()
@@ -364,7 +363,7 @@ def train_detector(cfg: DetectorTrainConfig, progress: bool = True) -> dict:
     device = dd.device
     amp = cfg.amp and fast_bf16(device)
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    out, ck = _prepare_run(cfg, dd)
+    out, ck = open_run(cfg, dd.main, dd.barrier)
     seed_everything(cfg.seed)
     train_ds, val_ds = detection_data(cfg, 'train', train=True), detection_data(cfg, 'val')
     synthetic = train_ds.store.synthetic
@@ -395,6 +394,7 @@ def train_detector(cfg: DetectorTrainConfig, progress: bool = True) -> dict:
             tb = None
     t_start = time.time() - (history[-1]['seconds'] if history else 0.)
     phase, net = None, None
+    train_cache, val_cache = fer_cache_for(model, cfg), fer_cache_for(model, cfg)
     for epoch in range(start, total):
         if phase != (1 if epoch < cfg.epochs_phase1 else 2):
             phase = 1 if epoch < cfg.epochs_phase1 else 2
@@ -408,7 +408,7 @@ def train_detector(cfg: DetectorTrainConfig, progress: bool = True) -> dict:
             x = b['image'].to(device, non_blocking=True, memory_format=fmt)
             b = {k: v.to(device, non_blocking=True) for k, v in b.items() if k != 'image'}
             with _autocast(device, amp):
-                o = net(x)
+                o = net(x) if train_cache is None else net(x, fer_features=train_cache(model, x, b['index']))
             loss, parts = _loss(model, o, b, cfg.seg_weight)
             opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
             if hasattr(model, 'after_step'): model.after_step()
@@ -422,7 +422,7 @@ def train_detector(cfg: DetectorTrainConfig, progress: bool = True) -> dict:
         train_s = time.time() - t0
         sums = dd.sum(n, ok, *tot.values())
         n_all, ok_all, tot = sums[0], sums[1], dict(zip(tot, sums[2:]))
-        ev = evaluate(model, eval_loader(val_ds, cfg, dd), dd, amp, fmt, cfg.seg_weight)
+        ev = evaluate(model, eval_loader(val_ds, cfg, dd), dd, amp, fmt, cfg.seg_weight, val_cache)
         row = dict(epoch=epoch + 1, phase=phase, lr=opt.param_groups[0]['lr'],
                    **{f'train_{k}': round(v / max(n_all, 1), 5) for k, v in tot.items()},
                    train_accuracy=round(ok_all / max(n_all, 1), 5), val_loss=round(ev['loss'], 5),
@@ -441,12 +441,12 @@ def train_detector(cfg: DetectorTrainConfig, progress: bool = True) -> dict:
                 save_detector(model, out / 'best', val_accuracy=ev['accuracy'], epoch=epoch + 1, synthetic=synthetic,
                               size=cfg.size, methods=list(cfg.methods), compression=list(cfg.compression),
                               trained_on=str(cfg.data))
-            _write_log(out / 'log.csv', history)
+            write_csv_log(out / 'log.csv', history)
             state = dict(model={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
                          optimizer=opt.state_dict(), scheduler=sched.state_dict(), epoch=epoch + 1, history=history,
                          best_accuracy=best['accuracy'], best_epoch=best['epoch'], rng=torch.get_rng_state())
             if device.type == 'cuda': state['cuda_rng'] = torch.cuda.get_rng_state()
-            _save_checkpoint(out / 'checkpoint.pt', **state)
+            save_checkpoint(out / 'checkpoint.pt', **state)
         dd.barrier()
     if tb is not None: tb.close()
     digests = dd.gather(_digest(model))
@@ -468,7 +468,44 @@ def train_detector(cfg: DetectorTrainConfig, progress: bool = True) -> dict:
     dd.barrier()
     return summary
 
-# %% ../nbs/31_train.ipynb #9921a4ea
+# %% ../nbs/31_train.ipynb #e51dcaac
+def detector_report(run, out, name: str = 'detector-smoke', command: str = '') -> dict:
+    "Write OUT/NAME.md, NAME.json and NAME-curves.png about the finished run in `run`."
+    import matplotlib.pyplot as plt
+    run, out = Path(run), Path(out); out.mkdir(parents=True, exist_ok=True)
+    if not (run / 'summary.json').is_file(): raise EmdError(f"{run} has no summary.json: the run has not finished")
+    s = json.loads((run / 'summary.json').read_text())
+    h = pd.read_csv(run / 'log.csv')
+    c = s['config']
+    tag = 'SYNTHETIC data (SynthForensics), not FaceForensics++' if s['synthetic'] else 'FaceForensics++'
+    res = dict(data=tag, synthetic=s['synthetic'], model=s['model'], methods=c['methods'], compression=c['compression'],
+               size=c['size'], encoder=c['encoder'], device=s['device'], train_frames=s['train_frames'],
+               val_frames=s['val_frames'], best_epoch=s['best_epoch'], best_val_accuracy=s['best_val_accuracy'],
+               seconds_to_best=float(h.seconds[h.epoch == s['best_epoch']].iloc[0]), seconds=s['seconds'],
+               test_accuracy=s.get('test_accuracy'), epochs=h.to_dict('records'), command=command, package=s['package'])
+    write_json(out / f'{name}.json', res)
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3))
+    ax[0].plot(h.epoch, h.train_loss, 'o-', label='training'); ax[0].plot(h.epoch, h.val_loss, 'o-', label='validation')
+    ax[0].set(xlabel='epoch', ylabel='L_cls + L_seg', title='loss'); ax[0].legend()
+    ax[1].plot(h.epoch, h.train_accuracy, 'o-', label='training frames'); ax[1].plot(h.epoch, h.val_accuracy, 'o-', label='validation frames')
+    ax[1].set(xlabel='epoch', ylabel='accuracy', ylim=(0, 1), title='accuracy'); ax[1].legend()
+    for a in ax: a.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    fig.suptitle(f"{s['model']} on {'+'.join(c['methods'])} {'/'.join(c['compression'])}, {c['size']} px: {tag}", fontsize=9, y=1.03)
+    fig.savefig(out / f'{name}-curves.png', dpi=110, bbox_inches='tight'); plt.close(fig)
+    rows = [f"| {int(r.epoch)} | {int(r.phase)} | {r.train_loss:.3f} | {r.train_accuracy:.3f} | {r.val_accuracy:.3f} | "
+            f"{r.val_pixel_accuracy:.3f} | {r.images_per_s:.1f} | {r.seconds / 60:.1f} |" for r in h.itertuples()]
+    md = [f"# {s['model']} on {'+'.join(c['methods'])} {'/'.join(c['compression'])}: {tag}", '',
+          f"{s['train_frames']} training and {s['val_frames']} validation frames, {c['size']} x {c['size']} px, encoder "
+          f"{c['encoder']}, batch {c['batch_size']}, {s['device']}. Best validation frame accuracy "
+          f"**{s['best_val_accuracy']:.3f}** at epoch {s['best_epoch']} ({res['seconds_to_best'] / 60:.1f} min); "
+          + (f"test frame accuracy {s['test_accuracy']:.3f}." if s.get('test_accuracy') is not None else ''), '',
+          "| epoch | phase | training loss | training accuracy | validation accuracy | validation pixel accuracy | images/s | minutes |",
+          "|---|---|---|---|---|---|---|---|", *rows, '', f"![curves]({name}-curves.png)", '',
+          f"*{tag}. Produced by `{command}`.*" if command else f"*{tag}.*"]
+    (out / f'{name}.md').write_text('\n'.join(md) + '\n')
+    return res
+
+# %% ../nbs/31_train.ipynb #7b3586ac
 def train_cli(argv=None, prog='emd train detector'):
     "Entry point of `emd train detector`."
     import argparse
