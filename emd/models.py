@@ -7,7 +7,7 @@ __all__ = ['MODELS', 'DetectorOutput', 'ModelSpec', 'register_model', 'list_mode
            'encoder_weight_options', 'frozen_fer', 'widen_separable', 'EmdNet', 'emd', 'xception_seg',
            'xception_simfer']
 
-# %% ../nbs/30_models.ipynb #5c6a8e44
+# %% ../nbs/30_models.ipynb #cd16e2db
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +21,7 @@ from .core import EmdError, log
 from .data.datasets import fer_input
 from .fer import FerEnsemble, SimFER, build_fer, load_fer, select_branch_features
 
-# %% ../nbs/30_models.ipynb #6f663c1e
+# %% ../nbs/30_models.ipynb #17b42ef2
 class DetectorOutput(NamedTuple):
     logits: torch.Tensor                 # B: the fake score of each frame, as a logit
     mask_logits: torch.Tensor | None     # B x 1 x H x W at the input size, or None for classification-only models
@@ -60,7 +60,7 @@ def create_model(name: str, **options) -> nn.Module:
     model.spec, model.options = spec, dict(options)
     return model
 
-# %% ../nbs/30_models.ipynb #99f71279
+# %% ../nbs/30_models.ipynb #7800432f
 _said = set()
 def say_once(msg: str):
     "Log `msg` at INFO level the first time it is said in this process."
@@ -93,7 +93,7 @@ def frozen_fer(fer, kind: str) -> nn.Module:
     for p in fer.parameters(): p.requires_grad_(False)
     return fer
 
-# %% ../nbs/30_models.ipynb #8fdd2eae
+# %% ../nbs/30_models.ipynb #b071a56f
 def widen_separable(conv: nn.Module, extra: int) -> nn.Module:
     "Give a timm SeparableConv2d `extra` more input channels: old weights copied, new pointwise inputs zero."
     dw, bn, pw = conv.conv_dw, conv.bn_dw, conv.conv_pw
@@ -115,7 +115,7 @@ def widen_separable(conv: nn.Module, extra: int) -> nn.Module:
     conv.conv_dw, conv.bn_dw, conv.conv_pw = new_dw, new_bn, new_pw
     return conv
 
-# %% ../nbs/30_models.ipynb #82a4fe68
+# %% ../nbs/30_models.ipynb #71a110c1
 class EmdNet(nn.Module):
     "DeepLabv3+ (aligned Xception, output stride 16) with a classification head and an optional frozen FER stream."
     def __init__(self, encoder: str = 'tu-xception65', fer: nn.Module | None = None, encoder_weights=None,
@@ -174,13 +174,17 @@ class EmdNet(nn.Module):
         keep = [self.last_block, self.net.decoder, self.net.segmentation_head, self.net.classification_head]
         return [p for m in keep for p in m.parameters()]
 
-# %% ../nbs/30_models.ipynb #fc3739dc
+# %% ../nbs/30_models.ipynb #70acd3cf
+def _emdnet_with(fer, kind: str, encoder: str, encoder_weights, dropout: float) -> EmdNet:
+    # the detector is built before the FER so that, for one seed, it is initialised exactly as `xception_seg`
+    net = EmdNet(encoder, None, encoder_weights, dropout=dropout)
+    net.attach_fer(frozen_fer(fer, kind))
+    return net
+
 @register_model('emd', 'EMD: DeepLabv3+ (aligned Xception) with ESR-9 features before the last encoder block',
                 segments=True, fer='esr', tables='II III IV V, Figs. 4-7')
 def emd(encoder: str = 'tu-xception65', fer=None, encoder_weights=None, dropout: float = .2):
-    net = EmdNet(encoder, None, encoder_weights, dropout=dropout)
-    net.attach_fer(frozen_fer(fer, 'esr'))
-    return net
+    return _emdnet_with(fer, 'esr', encoder, encoder_weights, dropout)
 
 @register_model('xception_seg', 'XceptionNet (segmentation): EmdNet without the FER stream',
                 segments=True, tables='IV, Figs. 4-5 (without FER)')
@@ -190,6 +194,4 @@ def xception_seg(encoder: str = 'tu-xception65', encoder_weights=None, dropout: 
 @register_model('xception_simfer', 'XceptionNet + SimFER: EmdNet with the shallow one-branch FER',
                 segments=True, fer='simfer', tables='V')
 def xception_simfer(encoder: str = 'tu-xception65', fer=None, encoder_weights=None, dropout: float = .2):
-    net = EmdNet(encoder, None, encoder_weights, dropout=dropout)
-    net.attach_fer(frozen_fer(fer, 'simfer'))
-    return net
+    return _emdnet_with(fer, 'simfer', encoder, encoder_weights, dropout)
