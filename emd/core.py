@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['log', 'EmdError', 'setup_logging', 'rng_for', 'seed_everything', 'param', 'Params', 'atomic_write', 'write_json',
            'output_dir', 'save_checkpoint', 'load_checkpoint', 'write_csv_log', 'open_run', 'run_parallel',
-           'package_info', 'fast_bf16']
+           'package_info', 'fast_bf16', 'resolve_device']
 
 # %% ../nbs/00_core.ipynb #ad81cf36
 import argparse
@@ -314,3 +314,13 @@ def fast_bf16(device) -> bool:
     except OSError:
         return False
     return 'amx_bf16' in flags or 'avx512_bf16' in flags
+
+def resolve_device(name: str = 'auto'):
+    "`auto` -> the first GPU if there is one, else the CPU; an unavailable GPU is an error."
+    import torch
+    if name == 'auto': return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    d = torch.device(name)
+    if d.type == 'cuda' and not torch.cuda.is_available():
+        raise EmdError(f"--device {name}: no CUDA GPU is available here; use --device cpu")
+    return d
+

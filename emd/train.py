@@ -8,7 +8,7 @@ __all__ = ['DetectorTrainConfig', 'detector_loss', 'trainable_parameters', 'set_
            'write_predictions', 'load_predictions', 'save_detector', 'load_detector', 'train_detector',
            'detector_report', 'train_cli']
 
-# %% ../nbs/31_train.ipynb #2b431f27
+# %% ../nbs/31_train.ipynb #3339328c
 import csv
 import json
 import os
@@ -25,13 +25,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
-from .core import (EmdError, Params, atomic_write, fast_bf16, log, open_run, package_info, param, rng_for, save_checkpoint,
-                      seed_everything, write_csv_log, write_json)
+from .core import (EmdError, Params, atomic_write, fast_bf16, log, open_run, package_info, param, resolve_device, rng_for,
+                      save_checkpoint, seed_everything, write_csv_log, write_json)
 from .data.datasets import DetectionDataset
-from .fer_train import resolve_device
 from .models import DetectorOutput, create_model, list_models, model_spec
 
-# %% ../nbs/31_train.ipynb #b9a1fd25
+# %% ../nbs/31_train.ipynb #7877f4b1
 @dataclass
 class DetectorTrainConfig(Params):
     "Parameters of one detector training run."
@@ -100,7 +99,7 @@ class DetectorTrainConfig(Params):
         if spec.fer: opts['fer'] = self.fer or None
         return opts
 
-# %% ../nbs/31_train.ipynb #04a3991e
+# %% ../nbs/31_train.ipynb #0d097001
 def detector_loss(out: DetectorOutput, batch: dict, seg_weight: float = 1.) -> tuple:
     "L = L_cls + seg_weight * L_seg (Eqs. 6-8): BCE on the frame logit, BCE over the mask's pixels; returns (loss, parts)."
     cls = F.binary_cross_entropy_with_logits(out.logits.float(), batch['label'].float())
@@ -108,7 +107,7 @@ def detector_loss(out: DetectorOutput, batch: dict, seg_weight: float = 1.) -> t
     seg = F.binary_cross_entropy_with_logits(out.mask_logits.float(), batch['mask'].float())
     return cls + seg_weight * seg, dict(cls=cls.detach(), seg=seg.detach())
 
-# %% ../nbs/31_train.ipynb #ffb9cb58
+# %% ../nbs/31_train.ipynb #8ed85c16
 def trainable_parameters(model: nn.Module) -> list:
     "Parameters that may ever train (recorded once, before any phase freezes some)."
     if not hasattr(model, '_emd_trainable'):
@@ -129,7 +128,7 @@ def train_mode(model: nn.Module):
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine and not m.weight.requires_grad: m.eval()
     return model
 
-# %% ../nbs/31_train.ipynb #1a7ef5d5
+# %% ../nbs/31_train.ipynb #1a4b2960
 class Dist:
     "The process group (or a single process): rank, world size, device, and sum-reductions."
     def __init__(self, device_name: str = 'auto'):
@@ -169,7 +168,7 @@ class Dist:
         for b in model.buffers():
             if b.is_floating_point(): dist.all_reduce(b); b.div_(self.world)
 
-# %% ../nbs/31_train.ipynb #b457d1c7
+# %% ../nbs/31_train.ipynb #e7a734cf
 def video_subset(rows: pd.DataFrame, n: int, seed: int) -> np.ndarray:
     "Row indices of `n` seeded target videos (real `A`, fakes `A_B`) and all their frames; all rows when n is 0."
     if n <= 0: return np.arange(len(rows))
@@ -183,10 +182,7 @@ def detection_data(cfg: DetectorTrainConfig, split: str, train: bool = False):
     "The `DetectionDataset` of `split` for this run (the training subset of Fig. 6 for the training split)."
     ds = DetectionDataset(cfg.data, split, methods=cfg.methods, compressions=cfg.compression, size=cfg.size,
                           augment=cfg.augment and train)
-    if train and cfg.train_videos:
-        ds.rows = ds.rows.iloc[video_subset(ds.rows, cfg.train_videos, cfg.seed)].reset_index(drop=True)
-        ds._img, ds._mask = ds.rows.image_path.tolist(), ds.rows.mask_path.tolist()
-        ds._label = ds.rows.label.to_numpy(np.float32)
+    if train and cfg.train_videos: ds = ds.subset(video_subset(ds.rows, cfg.train_videos, cfg.seed))
     return ds
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -210,7 +206,7 @@ def eval_loader(ds, cfg: DetectorTrainConfig, dd: Dist, shard: bool = True):
     return DataLoader(part, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers,
                       pin_memory=dd.device.type == 'cuda')
 
-# %% ../nbs/31_train.ipynb #9dd0e4c8
+# %% ../nbs/31_train.ipynb #eefc3f28
 class FerCache:
     "FF (Eq. 5) of each frame, computed by the model's frozen FER on first use and kept (up to `max_bytes`)."
     def __init__(self, max_bytes: float = 4e9):
@@ -237,7 +233,7 @@ def fer_cache_for(model, cfg) -> 'FerCache | None':
     has_fer = getattr(getattr(model, 'module', model), 'fer', None) is not None
     return FerCache(cfg.fer_cache_gb * 1e9) if (has_fer and cfg.fer_cache_gb > 0 and not cfg.augment) else None
 
-# %% ../nbs/31_train.ipynb #3de3c9fe
+# %% ../nbs/31_train.ipynb #1b08cd04
 def _autocast(device, amp: bool):
     return torch.autocast(device.type, torch.bfloat16, enabled=amp)
 
@@ -306,7 +302,7 @@ def load_predictions(folder, split: str = 'test'):
         with np.load(m) as z: return df, (z['prob'], z['true'])
     return df, None
 
-# %% ../nbs/31_train.ipynb #9b74b9bd
+# %% ../nbs/31_train.ipynb #c345ccc5
 def save_detector(model: nn.Module, folder, **facts) -> Path:
     "Write `model.safetensors` and `model.json` (name, build options, `facts`) into `folder`."
     from safetensors.torch import save_file
@@ -343,7 +339,7 @@ def load_detector(path, device='cpu') -> nn.Module:
     model.meta = meta
     return model.to(device).eval()
 
-# %% ../nbs/31_train.ipynb #d3299608
+# %% ../nbs/31_train.ipynb #bb36f6bb
 def _digest(model) -> str:
     import hashlib
     h = hashlib.sha256()
@@ -468,7 +464,7 @@ def train_detector(cfg: DetectorTrainConfig, progress: bool = True) -> dict:
     dd.barrier()
     return summary
 
-# %% ../nbs/31_train.ipynb #e51dcaac
+# %% ../nbs/31_train.ipynb #fcf4f1c5
 def detector_report(run, out, name: str = 'detector-smoke', command: str = '') -> dict:
     "Write OUT/NAME.md, NAME.json and NAME-curves.png about the finished run in `run`."
     import matplotlib.pyplot as plt
@@ -505,7 +501,7 @@ def detector_report(run, out, name: str = 'detector-smoke', command: str = '') -
     (out / f'{name}.md').write_text('\n'.join(md) + '\n')
     return res
 
-# %% ../nbs/31_train.ipynb #7b3586ac
+# %% ../nbs/31_train.ipynb #08d6aa5a
 def train_cli(argv=None, prog='emd train detector'):
     "Entry point of `emd train detector`."
     import argparse

@@ -7,6 +7,8 @@ __all__ = ['FER_SIZE', 'normalize', 'fer_input', 'detection_transform', 'Detecti
            'ExpressionDataset']
 
 # %% ../../nbs/14_data_datasets.ipynb #11ed0b14
+import copy
+
 import cv2
 import numpy as np
 import pandas as pd
@@ -59,8 +61,18 @@ class DetectionDataset(Dataset):
         if not len(self.rows):
             raise EmdError(f"no frames in {self.store.root} for split={split} methods={methods} compressions={compressions}")
         self.transform = transform if transform is not None else detection_transform(size, augment)
+        self._cache_rows()
+
+    def _cache_rows(self):
         self._img = self.rows.image_path.tolist(); self._mask = self.rows.mask_path.tolist()
         self._label = self.rows.label.to_numpy(np.float32)
+
+    def subset(self, positions) -> 'DetectionDataset':
+        "A copy restricted to the rows at `positions` (same store and transform)."
+        sub = copy.copy(self)
+        sub.rows = self.rows.iloc[np.asarray(positions, dtype=np.int64)].reset_index(drop=True)
+        sub._cache_rows()
+        return sub
 
     def __len__(self): return len(self.rows)
 
