@@ -8,7 +8,7 @@ __all__ = ['DetectorTrainConfig', 'detector_loss', 'trainable_parameters', 'set_
            'write_predictions', 'load_predictions', 'save_detector', 'load_detector', 'train_detector',
            'detector_report', 'train_cli']
 
-# %% ../nbs/31_train.ipynb #3339328c
+# %% ../nbs/31_train.ipynb #2182cb35
 import csv
 import json
 import os
@@ -30,7 +30,7 @@ from .core import (EmdError, Params, atomic_write, fast_bf16, log, open_run, pac
 from .data.datasets import DetectionDataset
 from .models import DetectorOutput, create_model, list_models, model_spec
 
-# %% ../nbs/31_train.ipynb #7877f4b1
+# %% ../nbs/31_train.ipynb #8a09f23e
 @dataclass
 class DetectorTrainConfig(Params):
     "Parameters of one detector training run."
@@ -99,7 +99,7 @@ class DetectorTrainConfig(Params):
         if spec.fer: opts['fer'] = self.fer or None
         return opts
 
-# %% ../nbs/31_train.ipynb #0d097001
+# %% ../nbs/31_train.ipynb #19258f1d
 def detector_loss(out: DetectorOutput, batch: dict, seg_weight: float = 1.) -> tuple:
     "L = L_cls + seg_weight * L_seg (Eqs. 6-8): BCE on the frame logit, BCE over the mask's pixels; returns (loss, parts)."
     cls = F.binary_cross_entropy_with_logits(out.logits.float(), batch['label'].float())
@@ -107,7 +107,7 @@ def detector_loss(out: DetectorOutput, batch: dict, seg_weight: float = 1.) -> t
     seg = F.binary_cross_entropy_with_logits(out.mask_logits.float(), batch['mask'].float())
     return cls + seg_weight * seg, dict(cls=cls.detach(), seg=seg.detach())
 
-# %% ../nbs/31_train.ipynb #8ed85c16
+# %% ../nbs/31_train.ipynb #fe2d80ac
 def trainable_parameters(model: nn.Module) -> list:
     "Parameters that may ever train (recorded once, before any phase freezes some)."
     if not hasattr(model, '_emd_trainable'):
@@ -128,7 +128,7 @@ def train_mode(model: nn.Module):
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine and not m.weight.requires_grad: m.eval()
     return model
 
-# %% ../nbs/31_train.ipynb #1a4b2960
+# %% ../nbs/31_train.ipynb #987ad7a4
 class Dist:
     "The process group (or a single process): rank, world size, device, and sum-reductions."
     def __init__(self, device_name: str = 'auto'):
@@ -168,7 +168,7 @@ class Dist:
         for b in model.buffers():
             if b.is_floating_point(): dist.all_reduce(b); b.div_(self.world)
 
-# %% ../nbs/31_train.ipynb #e7a734cf
+# %% ../nbs/31_train.ipynb #d58fb725
 def video_subset(rows: pd.DataFrame, n: int, seed: int) -> np.ndarray:
     "Row indices of `n` seeded target videos (real `A`, fakes `A_B`) and all their frames; all rows when n is 0."
     if n <= 0: return np.arange(len(rows))
@@ -206,7 +206,7 @@ def eval_loader(ds, cfg: DetectorTrainConfig, dd: Dist, shard: bool = True):
     return DataLoader(part, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers,
                       pin_memory=dd.device.type == 'cuda')
 
-# %% ../nbs/31_train.ipynb #eefc3f28
+# %% ../nbs/31_train.ipynb #6004ef73
 class FerCache:
     "FF (Eq. 5) of each frame, computed by the model's frozen FER on first use and kept (up to `max_bytes`)."
     def __init__(self, max_bytes: float = 4e9):
@@ -233,7 +233,7 @@ def fer_cache_for(model, cfg) -> 'FerCache | None':
     has_fer = getattr(getattr(model, 'module', model), 'fer', None) is not None
     return FerCache(cfg.fer_cache_gb * 1e9) if (has_fer and cfg.fer_cache_gb > 0 and not cfg.augment) else None
 
-# %% ../nbs/31_train.ipynb #1b08cd04
+# %% ../nbs/31_train.ipynb #612a1c6f
 def _autocast(device, amp: bool):
     return torch.autocast(device.type, torch.bfloat16, enabled=amp)
 
@@ -302,7 +302,7 @@ def load_predictions(folder, split: str = 'test'):
         with np.load(m) as z: return df, (z['prob'], z['true'])
     return df, None
 
-# %% ../nbs/31_train.ipynb #c345ccc5
+# %% ../nbs/31_train.ipynb #bfe3a40f
 def save_detector(model: nn.Module, folder, **facts) -> Path:
     "Write `model.safetensors` and `model.json` (name, build options, `facts`) into `folder`."
     from safetensors.torch import save_file
@@ -339,7 +339,7 @@ def load_detector(path, device='cpu') -> nn.Module:
     model.meta = meta
     return model.to(device).eval()
 
-# %% ../nbs/31_train.ipynb #bb36f6bb
+# %% ../nbs/31_train.ipynb #3a65dfb2
 def _digest(model) -> str:
     import hashlib
     h = hashlib.sha256()
@@ -396,8 +396,7 @@ def train_detector(cfg: DetectorTrainConfig, progress: bool = True) -> dict:
             phase = 1 if epoch < cfg.epochs_phase1 else 2
             set_phase(model, phase); net = _wrap(model, dd)
         train_mode(model)
-        t0, tot, n, seen = time.time(), dict(loss=0.), 0, 0
-        ok = 0.
+        t0, tot, n, ok = time.time(), dict(loss=0.), 0, 0.
         bar = tqdm(train_loader(train_ds, cfg, epoch, dd), disable=not (progress and dd.main), leave=False,
                    desc=f"{cfg.model} epoch {epoch + 1}/{total} (phase {phase})", unit='batch')
         for b in bar:
@@ -464,7 +463,7 @@ def train_detector(cfg: DetectorTrainConfig, progress: bool = True) -> dict:
     dd.barrier()
     return summary
 
-# %% ../nbs/31_train.ipynb #fcf4f1c5
+# %% ../nbs/31_train.ipynb #3ae49201
 def detector_report(run, out, name: str = 'detector-smoke', command: str = '') -> dict:
     "Write OUT/NAME.md, NAME.json and NAME-curves.png about the finished run in `run`."
     import matplotlib.pyplot as plt
@@ -501,7 +500,7 @@ def detector_report(run, out, name: str = 'detector-smoke', command: str = '') -
     (out / f'{name}.md').write_text('\n'.join(md) + '\n')
     return res
 
-# %% ../nbs/31_train.ipynb #08d6aa5a
+# %% ../nbs/31_train.ipynb #33b529f0
 def train_cli(argv=None, prog='emd train detector'):
     "Entry point of `emd train detector`."
     import argparse
