@@ -7,7 +7,7 @@ __all__ = ['MODELS', 'DetectorOutput', 'ModelSpec', 'register_model', 'list_mode
            'encoder_weight_options', 'frozen_fer', 'widen_separable', 'EmdNet', 'emd', 'xception_seg',
            'xception_simfer']
 
-# %% ../nbs/30_models.ipynb #43cf936c
+# %% ../nbs/30_models.ipynb #73a25723
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +21,7 @@ from .core import EmdError, log
 from .data.datasets import fer_input
 from .fer import FerEnsemble, SimFER, build_fer, load_fer, select_branch_features
 
-# %% ../nbs/30_models.ipynb #7c2b3efd
+# %% ../nbs/30_models.ipynb #51e4b533
 class DetectorOutput(NamedTuple):
     logits: torch.Tensor                 # B: the fake score of each frame, as a logit
     mask_logits: torch.Tensor | None     # B x 1 x H x W at the input size, or None for classification-only models
@@ -66,7 +66,7 @@ def create_model(name: str, **options) -> nn.Module:
     model.spec, model.options = spec, dict(options)
     return model
 
-# %% ../nbs/30_models.ipynb #7756ce33
+# %% ../nbs/30_models.ipynb #265e5c86
 _said = set()
 def say_once(msg: str):
     "Log `msg` at INFO level the first time it is said in this process."
@@ -99,7 +99,7 @@ def frozen_fer(fer, kind: str) -> nn.Module:
     for p in fer.parameters(): p.requires_grad_(False)
     return fer
 
-# %% ../nbs/30_models.ipynb #e1ddff1a
+# %% ../nbs/30_models.ipynb #d8112d7f
 def widen_separable(conv: nn.Module, extra: int) -> nn.Module:
     "Give a timm SeparableConv2d `extra` more input channels: old weights copied, new pointwise inputs zero."
     dw, bn, pw = conv.conv_dw, conv.bn_dw, conv.conv_pw
@@ -121,7 +121,7 @@ def widen_separable(conv: nn.Module, extra: int) -> nn.Module:
     conv.conv_dw, conv.bn_dw, conv.conv_pw = new_dw, new_bn, new_pw
     return conv
 
-# %% ../nbs/30_models.ipynb #e5ee536e
+# %% ../nbs/30_models.ipynb #2145550c
 class EmdNet(nn.Module):
     "DeepLabv3+ (aligned Xception, output stride 16) with a classification head and an optional frozen FER stream."
     def __init__(self, encoder: str = 'tu-xception65', fer: nn.Module | None = None, encoder_weights=None,
@@ -152,8 +152,7 @@ class EmdNet(nn.Module):
     def _concat_fer(self, module, args):
         x = args[0]
         ff = F.interpolate(self._ff.to(x.dtype), size=x.shape[-2:], mode='bilinear', align_corners=False)
-        return (torch.cat([x, ff.contiguous(memory_format=torch.channels_last) if
-                           x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() else ff], 1),)
+        return (torch.cat([x, ff], 1),)
 
     @torch.no_grad()
     def fer_selection(self, x: torch.Tensor):
@@ -180,7 +179,7 @@ class EmdNet(nn.Module):
         keep = [self.last_block, self.net.decoder, self.net.segmentation_head, self.net.classification_head]
         return [p for m in keep for p in m.parameters()]
 
-# %% ../nbs/30_models.ipynb #48c586f6
+# %% ../nbs/30_models.ipynb #eafe1f11
 def _emdnet_with(fer, kind: str, encoder: str, encoder_weights, dropout: float) -> EmdNet:
     # the detector is built before the FER so that, for one seed, it is initialised exactly as `xception_seg`
     net = EmdNet(encoder, None, encoder_weights, dropout=dropout)

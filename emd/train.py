@@ -4,11 +4,11 @@
 
 # %% auto #0
 __all__ = ['DetectorTrainConfig', 'detector_loss', 'trainable_parameters', 'set_phase', 'train_mode', 'Dist', 'video_subset',
-           'detection_data', 'train_loader', 'eval_loader', 'FerCache', 'fer_cache_for', 'evaluate', 'predict',
-           'write_predictions', 'load_predictions', 'save_detector', 'load_detector', 'train_detector',
-           'detector_report', 'train_cli']
+           'detection_data', 'train_loader', 'eval_loader', 'FerCache', 'fer_cache_for', 'evaluate', 'to_device',
+           'forward_batch', 'train_step', 'predict', 'write_predictions', 'load_predictions', 'save_detector',
+           'load_detector', 'train_detector', 'detector_report', 'train_cli']
 
-# %% ../nbs/31_train.ipynb #2182cb35
+# %% ../nbs/31_train.ipynb #d7e2d45b
 import csv
 import json
 import os
@@ -30,7 +30,7 @@ from .core import (EmdError, Params, atomic_write, fast_bf16, log, open_run, pac
 from .data.datasets import DetectionDataset
 from .models import DetectorOutput, create_model, list_models, model_spec
 
-# %% ../nbs/31_train.ipynb #8a09f23e
+# %% ../nbs/31_train.ipynb #1bb1fce8
 @dataclass
 class DetectorTrainConfig(Params):
     "Parameters of one detector training run."
@@ -99,7 +99,7 @@ class DetectorTrainConfig(Params):
         if spec.fer: opts['fer'] = self.fer or None
         return opts
 
-# %% ../nbs/31_train.ipynb #19258f1d
+# %% ../nbs/31_train.ipynb #4bc44f0d
 def detector_loss(out: DetectorOutput, batch: dict, seg_weight: float = 1.) -> tuple:
     "L = L_cls + seg_weight * L_seg (Eqs. 6-8): BCE on the frame logit, BCE over the mask's pixels; returns (loss, parts)."
     cls = F.binary_cross_entropy_with_logits(out.logits.float(), batch['label'].float())
@@ -107,7 +107,7 @@ def detector_loss(out: DetectorOutput, batch: dict, seg_weight: float = 1.) -> t
     seg = F.binary_cross_entropy_with_logits(out.mask_logits.float(), batch['mask'].float())
     return cls + seg_weight * seg, dict(cls=cls.detach(), seg=seg.detach())
 
-# %% ../nbs/31_train.ipynb #fe2d80ac
+# %% ../nbs/31_train.ipynb #5689e62f
 def trainable_parameters(model: nn.Module) -> list:
     "Parameters that may ever train (recorded once, before any phase freezes some)."
     if not hasattr(model, '_emd_trainable'):
@@ -128,7 +128,7 @@ def train_mode(model: nn.Module):
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine and not m.weight.requires_grad: m.eval()
     return model
 
-# %% ../nbs/31_train.ipynb #987ad7a4
+# %% ../nbs/31_train.ipynb #5544fa12
 class Dist:
     "The process group (or a single process): rank, world size, device, and sum-reductions."
     def __init__(self, device_name: str = 'auto'):
@@ -168,7 +168,7 @@ class Dist:
         for b in model.buffers():
             if b.is_floating_point(): dist.all_reduce(b); b.div_(self.world)
 
-# %% ../nbs/31_train.ipynb #d58fb725
+# %% ../nbs/31_train.ipynb #57a54f7d
 def video_subset(rows: pd.DataFrame, n: int, seed: int) -> np.ndarray:
     "Row indices of `n` seeded target videos (real `A`, fakes `A_B`) and all their frames; all rows when n is 0."
     if n <= 0: return np.arange(len(rows))
@@ -206,7 +206,7 @@ def eval_loader(ds, cfg: DetectorTrainConfig, dd: Dist, shard: bool = True):
     return DataLoader(part, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers,
                       pin_memory=dd.device.type == 'cuda')
 
-# %% ../nbs/31_train.ipynb #6004ef73
+# %% ../nbs/31_train.ipynb #71113089
 class FerCache:
     "FF (Eq. 5) of each frame, computed by the model's frozen FER on first use and kept (up to `max_bytes`)."
     def __init__(self, max_bytes: float = 4e9):
@@ -233,7 +233,7 @@ def fer_cache_for(model, cfg) -> 'FerCache | None':
     has_fer = getattr(getattr(model, 'module', model), 'fer', None) is not None
     return FerCache(cfg.fer_cache_gb * 1e9) if (has_fer and cfg.fer_cache_gb > 0 and not cfg.augment) else None
 
-# %% ../nbs/31_train.ipynb #612a1c6f
+# %% ../nbs/31_train.ipynb #eea0b8c7
 def _autocast(device, amp: bool):
     return torch.autocast(device.type, torch.bfloat16, enabled=amp)
 
@@ -243,11 +243,9 @@ def evaluate(model, loader, dd: Dist, amp: bool = False, fmt=torch.contiguous_fo
     "Frame accuracy, mean loss and pixel accuracy on `loader`, summed over the processes."
     model.eval()
     correct = loss = n = pix_ok = pix_n = 0.
-    for b in loader:
-        x = b['image'].to(dd.device, non_blocking=True, memory_format=fmt)
-        b = {k: v.to(dd.device, non_blocking=True) for k, v in b.items() if k != 'image'}
-        with _autocast(dd.device, amp):
-            out = model(x) if cache is None else model(x, fer_features=cache(model, x, b['index']))
+    for batch in loader:
+        x, b = to_device(batch, dd.device, fmt)
+        out = forward_batch(model, model, x, b, amp, cache)
         l, _ = _loss(model, out, b, seg_weight)
         correct += ((out.logits.float() > 0) == (b['label'] > .5)).sum().item()
         loss += l.item() * len(x); n += len(x)
@@ -260,6 +258,26 @@ def evaluate(model, loader, dd: Dist, amp: bool = False, fmt=torch.contiguous_fo
 def _loss(model, out, batch, seg_weight):
     raw = getattr(model, 'module', model)
     return raw.loss(out, batch) if hasattr(raw, 'loss') else detector_loss(out, batch, seg_weight)
+
+def to_device(batch: dict, device, fmt=torch.contiguous_format) -> tuple:
+    "A batch's crops (in memory format `fmt`) and the rest of it, on `device`."
+    x = batch['image'].to(device, non_blocking=True, memory_format=fmt)
+    return x, {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != 'image'}
+
+def forward_batch(net, model, x, b: dict, amp: bool, cache=None) -> DetectorOutput:
+    "`net(x)` under autocast, with the FER features that `cache` keeps (when given) for the frames `b['index']`."
+    with _autocast(x.device, amp):
+        return net(x) if cache is None else net(x, fer_features=cache(model, x, b['index']))
+
+def train_step(net, model, opt, batch: dict, device, fmt=torch.contiguous_format, amp: bool = False,
+               seg_weight: float = 1., cache=None) -> tuple:
+    "One optimiser step (forward, loss, backward, step, the model's `after_step`); (frames, loss, parts, correct) as device tensors."
+    x, b = to_device(batch, device, fmt)
+    o = forward_batch(net, model, x, b, amp, cache)
+    loss, parts = _loss(model, o, b, seg_weight)
+    opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+    if hasattr(model, 'after_step'): model.after_step()
+    return len(x), loss.detach(), parts, ((o.logits.detach().float() > 0) == (b['label'] > .5)).sum()
 
 @torch.no_grad()
 def predict(model, ds, device, batch_size: int = 32, amp: bool = False, workers: int = 0, progress: bool = False):
@@ -302,7 +320,7 @@ def load_predictions(folder, split: str = 'test'):
         with np.load(m) as z: return df, (z['prob'], z['true'])
     return df, None
 
-# %% ../nbs/31_train.ipynb #bfe3a40f
+# %% ../nbs/31_train.ipynb #1bc1ef62
 def save_detector(model: nn.Module, folder, **facts) -> Path:
     "Write `model.safetensors` and `model.json` (name, build options, `facts`) into `folder`."
     from safetensors.torch import save_file
@@ -339,7 +357,7 @@ def load_detector(path, device='cpu') -> nn.Module:
     model.meta = meta
     return model.to(device).eval()
 
-# %% ../nbs/31_train.ipynb #3a65dfb2
+# %% ../nbs/31_train.ipynb #c0f9c1d2
 def _digest(model) -> str:
     import hashlib
     h = hashlib.sha256()
@@ -396,27 +414,20 @@ def train_detector(cfg: DetectorTrainConfig, progress: bool = True) -> dict:
             phase = 1 if epoch < cfg.epochs_phase1 else 2
             set_phase(model, phase); net = _wrap(model, dd)
         train_mode(model)
-        t0, tot, n, ok = time.time(), dict(loss=0.), 0, 0.
+        t0, n, acc, names = time.time(), 0, None, None
         bar = tqdm(train_loader(train_ds, cfg, epoch, dd), disable=not (progress and dd.main), leave=False,
                    desc=f"{cfg.model} epoch {epoch + 1}/{total} (phase {phase})", unit='batch')
-        for b in bar:
-            x = b['image'].to(device, non_blocking=True, memory_format=fmt)
-            b = {k: v.to(device, non_blocking=True) for k, v in b.items() if k != 'image'}
-            with _autocast(device, amp):
-                o = net(x) if train_cache is None else net(x, fer_features=train_cache(model, x, b['index']))
-            loss, parts = _loss(model, o, b, cfg.seg_weight)
-            opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
-            if hasattr(model, 'after_step'): model.after_step()
-            k = len(x); n += k
-            tot['loss'] += loss.item() * k
-            for name, v in parts.items(): tot[name] = tot.get(name, 0.) + v.item() * k
-            ok += ((o.logits.detach().float() > 0) == (b['label'] > .5)).sum().item()
-            bar.set_postfix(loss=f"{tot['loss'] / n:.3f}")
+        for step, batch in enumerate(bar):
+            k, loss, parts, correct = train_step(net, model, opt, batch, device, fmt, amp, cfg.seg_weight, train_cache)
+            # running sums stay on the device: no host synchronisation per step
+            vals = torch.stack([correct.double(), loss.double() * k, *(v.double() * k for v in parts.values())])
+            acc, names, n = (vals if acc is None else acc + vals), ['loss', *parts], n + k
+            if step % 10 == 0: bar.set_postfix(loss=f"{acc[1].item() / n:.3f}")
         sched.step()
         dd.average_buffers(model)   # DDP keeps each rank's own batch-norm statistics of the last step
         train_s = time.time() - t0
-        sums = dd.sum(n, ok, *tot.values())
-        n_all, ok_all, tot = sums[0], sums[1], dict(zip(tot, sums[2:]))
+        sums = dd.sum(n, *acc.tolist())
+        n_all, ok_all, tot = sums[0], sums[1], dict(zip(names, sums[2:]))
         ev = evaluate(model, eval_loader(val_ds, cfg, dd), dd, amp, fmt, cfg.seg_weight, val_cache)
         row = dict(epoch=epoch + 1, phase=phase, lr=opt.param_groups[0]['lr'],
                    **{f'train_{k}': round(v / max(n_all, 1), 5) for k, v in tot.items()},
@@ -463,7 +474,7 @@ def train_detector(cfg: DetectorTrainConfig, progress: bool = True) -> dict:
     dd.barrier()
     return summary
 
-# %% ../nbs/31_train.ipynb #3ae49201
+# %% ../nbs/31_train.ipynb #93f26fcc
 def detector_report(run, out, name: str = 'detector-smoke', command: str = '') -> dict:
     "Write OUT/NAME.md, NAME.json and NAME-curves.png about the finished run in `run`."
     import matplotlib.pyplot as plt
@@ -500,7 +511,7 @@ def detector_report(run, out, name: str = 'detector-smoke', command: str = '') -
     (out / f'{name}.md').write_text('\n'.join(md) + '\n')
     return res
 
-# %% ../nbs/31_train.ipynb #33b529f0
+# %% ../nbs/31_train.ipynb #49037683
 def train_cli(argv=None, prog='emd train detector'):
     "Entry point of `emd train detector`."
     import argparse

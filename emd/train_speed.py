@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['training_throughput', 'write_throughput', 'main']
 
-# %% ../nbs/32_train_speed.ipynb #ea4e9fe1
+# %% ../nbs/32_train_speed.ipynb #d6e53fe1
 import argparse
 import json
 import time
@@ -15,18 +15,12 @@ import torch
 
 from .core import EmdError, fast_bf16, log, package_info, write_json
 from .models import create_model
-from .train import (DetectorTrainConfig, Dist, _autocast, _loss, detection_data, set_phase, train_loader,
-                       train_mode, trainable_parameters)
+from .train import (DetectorTrainConfig, Dist, detection_data, set_phase, train_loader, train_mode, train_step,
+                       trainable_parameters)
 
-# %% ../nbs/32_train_speed.ipynb #b3e14de4
+# %% ../nbs/32_train_speed.ipynb #0244a6e7
 def _step(model, opt, batch, device, fmt, amp, seg_weight):
-    x = batch['image'].to(device, non_blocking=True, memory_format=fmt)
-    b = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != 'image'}
-    with _autocast(device, amp):
-        out = model(x)
-    loss, _ = _loss(model, out, b, seg_weight)
-    opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
-    return len(x)
+    return train_step(model, model, opt, batch, device, fmt, amp, seg_weight)[0]   # the engine's own step
 
 def _sync(device):
     if device.type == 'cuda': torch.cuda.synchronize(device)
@@ -65,7 +59,7 @@ def training_throughput(cfg: DetectorTrainConfig, steps: int = 12, warmup: int =
     res['ratio'] = res['end_to_end_images_per_s'] / res['model_alone_images_per_s']
     return res
 
-# %% ../nbs/32_train_speed.ipynb #a98d95ba
+# %% ../nbs/32_train_speed.ipynb #89b1e04a
 def write_throughput(res: dict, out) -> Path:
     "Write `train-throughput.json` and `train-throughput.md` into `out`."
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
