@@ -23,6 +23,9 @@ COMMANDS = {
         'fer': ('emd.fer_train', 'fer_train_cli', 'train the FER ensemble (ESR-9) on AffectNet crops (Eq. 1)'),
         'detector': ('emd.train', 'train_cli', "train a detector (EMD or a baseline) with the paper's two-phase recipe"),
     },
+    'reproduce': ('emd.reproduce', 'reproduce_cli', 'regenerate Tables I-V and Figs. 4-7 with papermill (smoke: synthetic, CPU)'),
+    'detect': ('emd.detect', 'detect_cli', 'is this video (image, folder) manipulated? per-frame scores, masks, overlay video'),
+    'bench': ('emd.bench', 'bench_cli', 'time preparation, training and inference on this machine (JSON + Markdown)'),
 }
 
 USAGE = """usage: emd [-h] [--version] COMMAND [options]

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['log', 'EmdError', 'setup_logging', 'rng_for', 'seed_everything', 'param', 'Params', 'atomic_write', 'write_json',
            'output_dir', 'save_checkpoint', 'load_checkpoint', 'write_csv_log', 'open_run', 'run_parallel',
-           'package_info', 'fast_bf16', 'resolve_device']
+           'package_info', 'fast_bf16', 'resolve_device', 'recompute_bn_stats']
 
 # %% ../nbs/00_core.ipynb #ad81cf36
 import argparse
@@ -323,4 +323,25 @@ def resolve_device(name: str = 'auto'):
     if d.type == 'cuda' and not torch.cuda.is_available():
         raise EmdError(f"--device {name}: no CUDA GPU is available here; use --device cpu")
     return d
+
+
+# %% ../nbs/00_core.ipynb #80b04e5f
+def recompute_bn_stats(model, forward, batches, n: int) -> int:
+    "Re-estimate the running statistics of `model`'s training batch norms over `n` batches; returns the batches used."
+    import torch
+    bns = [m for m in model.modules()
+           if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats]
+    if not bns or n <= 0: return 0
+    modes = [(m, m.training) for m in model.modules()]
+    saved = [m.momentum for m in bns]
+    model.eval()
+    for m in bns: m.reset_running_stats(); m.momentum = None; m.train()   # momentum None: a cumulative average
+    used = 0
+    with torch.no_grad():
+        for b in batches:
+            if used == n: break
+            forward(b); used += 1
+    for m, mom in zip(bns, saved): m.momentum = mom
+    for m, t in modes: m.train(t)
+    return used
 

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
-from .core import (EmdError, Params, fast_bf16, log, open_run, package_info, param, resolve_device, rng_for,
-                      save_checkpoint, seed_everything, write_csv_log, write_json)
+from .core import (EmdError, Params, fast_bf16, log, open_run, package_info, param, recompute_bn_stats, resolve_device,
+                      rng_for, save_checkpoint, seed_everything, write_csv_log, write_json)
 from .data.datasets import ExpressionDataset
 from .fer import FER_CLASSES, FerEnsemble, SimFER, ensemble_vote, save_fer
 
@@ -49,6 +49,8 @@ class FerTrainConfig(Params):
                                    'ESR used 5000; 0: all)')
     balanced: bool = param(False, 'draw classes equally often in each epoch (AffectNet is very unbalanced)')
     augment: bool = param(True, "ESR's augmentation: colour jitter, horizontal flip, affine")
+    precise_bn: int = param(0, 'before each validation, estimate the batch-norm statistics afresh on this many training '
+                               'batches (0: keep the running averages; see emd.core.recompute_bn_stats)')
     workers: int = param(2, 'DataLoader worker processes')
     device: str = param('auto', 'auto, cpu, cuda or cuda:N')
     amp: bool = param(True, 'bfloat16 autocast where it is fast (a GPU, or a CPU with AMX/AVX-512 BF16)')
@@ -208,6 +210,11 @@ def train_fer(cfg: FerTrainConfig, progress: bool = True) -> dict:
                 tot_ok += (ensemble_vote(out_.logits.detach()) == y).sum().item()
                 bar.set_postfix(loss=f'{tot_loss / n:.3f}')
             sched.step()
+            if cfg.precise_bn:
+                def forward(b):
+                    with torch.autocast(device.type, torch.bfloat16, enabled=amp):
+                        model(b[0].to(device, memory_format=fmt))
+                recompute_bn_stats(model, forward, _loader(stage_ds, cfg, gepoch, device, True), cfg.precise_bn)
             ev = evaluate(model, _loader(val_ds, cfg, gepoch, device, False), device, amp)
             row = dict(epoch=gepoch + 1, stage=stage.index + 1, branches=stage.branches, lr=opt.param_groups[0]['lr'],
                        train_loss=round(tot_loss / max(n, 1), 5), train_accuracy=round(tot_ok / max(n, 1), 5),

@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['MODELS', 'DetectorOutput', 'ModelSpec', 'register_model', 'list_models', 'model_spec', 'create_model', 'say_once',
-           'encoder_weight_options', 'frozen_fer', 'widen_separable', 'EmdNet', 'emd', 'xception_seg',
-           'xception_simfer']
+           'encoder_weight_options', 'frozen_fer', 'widen_separable', 'xception_blocks', 'FerStream', 'EmdNet', 'emd',
+           'xception_seg', 'xception_simfer']
 
 # %% ../nbs/30_models.ipynb #73a25723
 import os
@@ -25,6 +25,7 @@ from .fer import FerEnsemble, SimFER, build_fer, load_fer, select_branch_feature
 class DetectorOutput(NamedTuple):
     logits: torch.Tensor                 # B: the fake score of each frame, as a logit
     mask_logits: torch.Tensor | None     # B x 1 x H x W at the input size, or None for classification-only models
+    extras: dict | None = None           # what the model's own loss needs besides these (MultiTask: activations, ...)
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -34,13 +35,16 @@ class ModelSpec:
     segments: bool                       # returns mask logits
     fer: str | None = None               # the expression stream it needs: 'esr', 'simfer' or None
     tables: str = ''                     # where the paper reports it
+    recipe: dict = field(default_factory=dict)     # its paper's training settings (DetectorTrainConfig values)
+    profiles: dict = field(default_factory=dict)   # its adjustments per profile, e.g. {'smoke': {...}}
 
 MODELS: dict = {}
 
-def register_model(name: str, description: str, segments: bool, fer: str | None = None, tables: str = ''):
-    "Decorator: register a model builder under `name`."
+def register_model(name: str, description: str, segments: bool, fer: str | None = None, tables: str = '',
+                   recipe: dict | None = None, profiles: dict | None = None):
+    "Decorator: register a model builder under `name`, with its own training recipe and per-profile adjustments."
     def deco(fn):
-        MODELS[name] = ModelSpec(name, fn, description, segments, fer, tables)
+        MODELS[name] = ModelSpec(name, fn, description, segments, fer, tables, dict(recipe or {}), dict(profiles or {}))
         return fn
     return deco
 
@@ -122,18 +126,51 @@ def widen_separable(conv: nn.Module, extra: int) -> nn.Module:
     return conv
 
 # %% ../nbs/30_models.ipynb #2145550c
-class EmdNet(nn.Module):
+_XCEPTION_ENTRY = {'41': ((128, 2), (256, 2), (728, 2)), '65': ((128, 2), (256, 2), (728, 2)),
+                   '71': ((128, 2), (256, 1), (256, 2), (728, 1), (728, 2))}    # (channels, stride) of the entry flow
+_XCEPTION_MIDDLE = {'41': 8, '65': 16, '71': 16}                                  # middle-flow blocks of 728 channels
+
+def xception_blocks(encoder: str, width: float = 1.) -> list:
+    "timm's block table of the aligned Xception `encoder` ('tu-xception65', ...), every block's channels times `width`."
+    depth = encoder.removeprefix('tu-xception')
+    if depth not in _XCEPTION_ENTRY: raise EmdError(f"no aligned Xception {encoder!r}: use tu-xception41, 65 or 71")
+    c = lambda n: max(8, int(round(n * width / 8)) * 8)
+    blocks, cin = [], 64                                   # the stem's 64 channels are not scaled
+    for cout, stride in _XCEPTION_ENTRY[depth]:
+        blocks.append(dict(in_chs=cin, out_chs=c(cout), stride=stride)); cin = c(cout)
+    blocks += [dict(in_chs=cin, out_chs=cin, stride=1) for _ in range(_XCEPTION_MIDDLE[depth])]
+    blocks.append(dict(in_chs=cin, out_chs=(c(728), c(1024), c(1024)), stride=2))
+    blocks.append(dict(in_chs=c(1024), out_chs=(c(1536), c(1536), c(2048)), stride=1, no_skip=True, start_with_relu=False))
+    return blocks
+
+class FerStream:
+    "Mixin for detectors with a frozen FER stream in `self.fer`: Eqs. 3-5 on the detector's crops; the FER stays in eval mode."
+    @torch.no_grad()
+    def fer_selection(self, x: torch.Tensor):
+        "Eqs. 3-5 on the FER input made from detector crops `x` (RGB, mean/std 0.5)."
+        return select_branch_features(self.fer(fer_input(x)))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if getattr(self, 'fer', None) is not None: self.fer.eval()   # frozen, batch norm included
+        return self
+
+class EmdNet(FerStream, nn.Module):
     "DeepLabv3+ (aligned Xception, output stride 16) with a classification head and an optional frozen FER stream."
     def __init__(self, encoder: str = 'tu-xception65', fer: nn.Module | None = None, encoder_weights=None,
-                 output_stride: int = 16, dropout: float = .2):
+                 output_stride: int = 16, dropout: float = .2, width: float = 1., decoder_channels: int = 256):
         super().__init__()
         import segmentation_models_pytorch as smp
         if not encoder.startswith('tu-xception'):
             raise EmdError(f"encoder {encoder!r}: EmdNet needs timm's aligned Xception ('tu-xception41', "
                            f"'tu-xception65' or 'tu-xception71'), whose last block takes the FER map")
+        if width != 1 and encoder_weights:
+            raise EmdError(f"--encoder-width {width}: ImageNet weights exist only for the full-width encoder (width 1)")
         self.encoder_name = encoder
+        kw = dict(block_cfg=xception_blocks(encoder, width)) if width != 1 else {}
         self.net = smp.DeepLabV3Plus(encoder_name=encoder, encoder_output_stride=output_stride, classes=1,
-                                     aux_params=dict(classes=1, dropout=dropout), **encoder_weight_options(encoder_weights))
+                                     decoder_channels=decoder_channels, aux_params=dict(classes=1, dropout=dropout),
+                                     **encoder_weight_options(encoder_weights), **kw)
         self.fer, self._ff = None, None
         if fer is not None: self.attach_fer(fer)
 
@@ -154,11 +191,6 @@ class EmdNet(nn.Module):
         ff = F.interpolate(self._ff.to(x.dtype), size=x.shape[-2:], mode='bilinear', align_corners=False)
         return (torch.cat([x, ff], 1),)
 
-    @torch.no_grad()
-    def fer_selection(self, x: torch.Tensor):
-        "Eqs. 3-5 on the FER input made from detector crops `x`."
-        return select_branch_features(self.fer(fer_input(x)))
-
     def forward(self, x: torch.Tensor, fer_features: torch.Tensor | None = None) -> DetectorOutput:
         "Logits and mask logits of crops `x`; `fer_features` (FF of Eq. 5) may be given when they are already known."
         if self.fer is not None:
@@ -169,34 +201,34 @@ class EmdNet(nn.Module):
             self._ff = None
         return DetectorOutput(labels[:, 0], masks)
 
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.fer is not None: self.fer.eval()   # frozen, batch norm included
-        return self
-
     def phase1_parameters(self):
         "Trainable in the paper's first phase: the last encoder block, the decoder and the heads."
         keep = [self.last_block, self.net.decoder, self.net.segmentation_head, self.net.classification_head]
         return [p for m in keep for p in m.parameters()]
 
 # %% ../nbs/30_models.ipynb #eafe1f11
-def _emdnet_with(fer, kind: str, encoder: str, encoder_weights, dropout: float) -> EmdNet:
+def _emdnet_with(fer, kind: str, **options) -> EmdNet:
     # the detector is built before the FER so that, for one seed, it is initialised exactly as `xception_seg`
-    net = EmdNet(encoder, None, encoder_weights, dropout=dropout)
+    net = EmdNet(fer=None, **options)
     net.attach_fer(frozen_fer(fer, kind))
     return net
 
 @register_model('emd', 'EMD: DeepLabv3+ (aligned Xception) with ESR-9 features before the last encoder block',
                 segments=True, fer='esr', tables='II III IV V, Figs. 4-7')
-def emd(encoder: str = 'tu-xception65', fer=None, encoder_weights=None, dropout: float = .2):
-    return _emdnet_with(fer, 'esr', encoder, encoder_weights, dropout)
+def emd(encoder: str = 'tu-xception65', fer=None, encoder_weights=None, dropout: float = .2, width: float = 1.,
+        decoder_channels: int = 256):
+    return _emdnet_with(fer, 'esr', encoder=encoder, encoder_weights=encoder_weights, dropout=dropout, width=width,
+                        decoder_channels=decoder_channels)
 
 @register_model('xception_seg', 'XceptionNet (segmentation): EmdNet without the FER stream',
                 segments=True, tables='IV, Figs. 4-5 (without FER)')
-def xception_seg(encoder: str = 'tu-xception65', encoder_weights=None, dropout: float = .2):
-    return EmdNet(encoder, None, encoder_weights, dropout=dropout)
+def xception_seg(encoder: str = 'tu-xception65', encoder_weights=None, dropout: float = .2, width: float = 1.,
+                 decoder_channels: int = 256):
+    return EmdNet(encoder, None, encoder_weights, dropout=dropout, width=width, decoder_channels=decoder_channels)
 
 @register_model('xception_simfer', 'XceptionNet + SimFER: EmdNet with the shallow one-branch FER',
                 segments=True, fer='simfer', tables='V')
-def xception_simfer(encoder: str = 'tu-xception65', fer=None, encoder_weights=None, dropout: float = .2):
-    return _emdnet_with(fer, 'simfer', encoder, encoder_weights, dropout)
+def xception_simfer(encoder: str = 'tu-xception65', fer=None, encoder_weights=None, dropout: float = .2,
+                    width: float = 1., decoder_channels: int = 256):
+    return _emdnet_with(fer, 'simfer', encoder=encoder, encoder_weights=encoder_weights, dropout=dropout, width=width,
+                        decoder_channels=decoder_channels)

@@ -4,9 +4,10 @@
 
 # %% auto #0
 __all__ = ['DetectorTrainConfig', 'detector_loss', 'trainable_parameters', 'set_phase', 'train_mode', 'Dist', 'video_subset',
-           'detection_data', 'train_loader', 'eval_loader', 'FerCache', 'fer_cache_for', 'evaluate', 'to_device',
-           'forward_batch', 'train_step', 'predict', 'write_predictions', 'load_predictions', 'save_detector',
-           'load_detector', 'train_detector', 'detector_report', 'train_cli']
+           'detection_data', 'train_loader', 'eval_loader', 'FerCache', 'fer_digest', 'precompute_fer_features',
+           'load_fer_features', 'fer_cache_for', 'evaluate', 'to_device', 'forward_batch', 'train_step', 'predict',
+           'write_predictions', 'load_predictions', 'save_detector', 'load_detector', 'precise_bn', 'train_detector',
+           'detector_report', 'train_cli']
 
 # %% ../nbs/31_train.ipynb #d7e2d45b
 import csv
@@ -25,8 +26,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
-from .core import (EmdError, Params, atomic_write, fast_bf16, log, open_run, package_info, param, resolve_device, rng_for,
-                      save_checkpoint, seed_everything, write_csv_log, write_json)
+from .core import (EmdError, Params, atomic_write, fast_bf16, log, open_run, package_info, param, recompute_bn_stats,
+                      resolve_device, rng_for, save_checkpoint, seed_everything, write_csv_log, write_json)
 from .data.datasets import DetectionDataset
 from .models import DetectorOutput, create_model, list_models, model_spec
 
@@ -45,7 +46,12 @@ class DetectorTrainConfig(Params):
     encoder: str = param('tu-xception65', "encoder of EmdNet-based models (timm's aligned Xception)")
     encoder_weights: str = param('', 'local timm checkpoint of the encoder (ImageNet weights); empty: random '
                                      'initialisation; nothing is ever downloaded')
-    size: int = param(256, 'input side in pixels (crops are resized; EmdNet needs a multiple of 16)')
+    encoder_width: float = param(1., "channels of every encoder block times this (1: the published Xception; "
+                                     "smaller: a CPU-sized variant, randomly initialised)")
+    decoder_channels: int = param(256, "channels of the DeepLabv3+ decoder (smp's default: 256)")
+    size: int = param(256, 'side of the crops given to the model, in pixels (EmdNet needs a multiple of 16)')
+    input_size: int = param(0, "side the model itself resizes the crops to, for models that have one of their own "
+                               "(0: its paper's: Xception 299, MesoNet and MultiTask 256, steganalysis 128)")
     epochs_phase1: int = param(3, 'phase 1: epochs training only the layers the model names (EMD: from the last '
                                   'encoder block on), everything before them fixed')
     epochs: int = param(20, 'phase 2: epochs training everything but the frozen FER')
@@ -59,6 +65,11 @@ class DetectorTrainConfig(Params):
     seg_weight: float = param(1., 'weight of L_seg in the loss (Eq. 8: 1)')
     train_videos: int = param(0, 'use only this many training target videos, with their fakes (0: all; Fig. 6)')
     balanced: bool = param(False, 'draw real and fake training frames equally often')
+    best_by: str = param('accuracy', 'keep the epoch with the best validation accuracy (the paper) or balanced accuracy '
+                                     '(the mean of the real and fake frames\' accuracies: for unbalanced data)',
+                         choices=('accuracy', 'balanced_accuracy'))
+    precise_bn: int = param(0, 'before each validation, estimate the batch-norm statistics afresh on this many training '
+                               'batches (0: keep the running averages, which lag behind the weights in short runs)')
     augment: bool = param(False, 'flip, small affine and colour jitter (the paper mentions none)')
     workers: int = param(4, 'DataLoader worker processes (per process)')
     device: str = param('auto', 'auto, cpu, cuda or cuda:N (under torchrun: each process takes its local GPU)')
@@ -67,13 +78,28 @@ class DetectorTrainConfig(Params):
     seed: int = param(0, 'random seed')
     fer_cache_gb: float = param(4., "keep the frozen FER's feature map of each frame in memory after its first use, up "
                                     "to this many GB (0: off; never with --augment)")
+    fer_features: str = param('', "a file of FER maps computed beforehand for this store, FER and size "
+                                   "(precompute_fer_features): the FER then runs only for frames it lacks", metavar='FILE')
     predict: bool = param(True, 'write the best epoch\'s predictions on the test split')
     resume: bool = param(False, 'continue the run in --out from its checkpoint')
     force: bool = param(False, 'start over in a non-empty --out')
     PROFILES = {
         'paper': dict(),
-        'smoke': dict(encoder='tu-xception41', size=96, epochs_phase1=0, epochs=3, batch_size=8, workers=1),
+        'smoke': dict(encoder='tu-xception41', encoder_width=.25, decoder_channels=64, size=128, epochs_phase1=0,
+                      epochs=5, batch_size=16, workers=1),
     }
+
+    @classmethod
+    def from_profile(cls, profile: str = None, **overrides):
+        """The defaults, then the model's own recipe (`ModelSpec.recipe`), the profile, the model's adjustments for that
+        profile (`ModelSpec.profiles`), and `overrides` last."""
+        if profile is not None and profile not in cls.PROFILES:
+            raise EmdError(f"unknown profile {profile!r} for {cls.__name__}; choose one of {sorted(cls.PROFILES)}")
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        spec = model_spec(overrides.get('model', cls.model))
+        kw = {**spec.recipe, **cls.PROFILES.get(profile, {}), **spec.profiles.get(profile, {}), **overrides}
+        cfg = super().from_profile(None, **kw)
+        return cfg.replace(profile=profile) if profile else cfg
 
     def check(self):
         if self.data is None: raise EmdError("--data is required: the frame store written by `emd prepare ffpp`")
@@ -86,7 +112,8 @@ class DetectorTrainConfig(Params):
     def run_settings(self) -> dict:
         "What must not change between a run and its resumption (`epochs` may grow: `--resume --epochs 30` extends a run)."
         return {k: v for k, v in self.to_dict().items()
-                if k not in ('out', 'data', 'resume', 'force', 'workers', 'device', 'predict', 'epochs', 'fer_cache_gb')}
+                if k not in ('out', 'data', 'resume', 'force', 'workers', 'device', 'predict', 'epochs', 'fer_cache_gb',
+                             'fer_features')}
 
     def model_options(self) -> dict:
         "The options of `create_model` that this run sets (those the model's builder takes)."
@@ -96,6 +123,9 @@ class DetectorTrainConfig(Params):
         opts = {}
         if 'encoder' in takes: opts['encoder'] = self.encoder
         if 'encoder_weights' in takes: opts['encoder_weights'] = self.encoder_weights or None
+        if 'width' in takes and self.encoder_width != 1: opts['width'] = self.encoder_width
+        if 'decoder_channels' in takes and self.decoder_channels != 256: opts['decoder_channels'] = self.decoder_channels
+        if 'input_size' in takes and self.input_size: opts['input_size'] = self.input_size
         if spec.fer: opts['fer'] = self.fer or None
         return opts
 
@@ -228,10 +258,59 @@ class FerCache:
             if out[j] is None: out[j] = self.maps[i]
         return torch.stack(out)
 
-def fer_cache_for(model, cfg) -> 'FerCache | None':
-    "A `FerCache` when the model has a FER stream and the run allows one."
+    def preload(self, maps: dict, keys) -> int:
+        "Fill the cache from `maps` ({frame path: FF}) for the frames `keys` (the dataset's paths, by position); returns the count."
+        n = 0
+        for i, k in enumerate(keys):
+            f = maps.get(k)
+            if f is not None and i not in self.maps and self.bytes + f.numel() * f.element_size() <= self.max_bytes:
+                self.maps[i] = f; self.bytes += f.numel() * f.element_size(); n += 1
+        return n
+
+def fer_digest(fer: nn.Module) -> str:
+    "A digest of a FER's weights (which FER made a file of FER maps)."
+    import hashlib
+    h = hashlib.sha256()
+    for k, v in fer.state_dict().items(): h.update(k.encode()); h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+@torch.no_grad()
+def precompute_fer_features(model, ds, path, device='cpu', batch_size: int = 64, progress: bool = False) -> Path:
+    "Compute FF (Eq. 5) of every frame of `ds` with a FER (or a detector's frozen FER) and save them, keyed by frame path."
+    from safetensors.torch import save_file
+    from tqdm.auto import tqdm
+    from emd.data.datasets import fer_input
+    from emd.fer import select_branch_features
+    raw = getattr(model, 'module', model)
+    fer = getattr(raw, 'fer', raw)
+    if not hasattr(fer, 'feature_channels'): raise EmdError(f"{type(raw).__name__} has no FER stream: nothing to precompute")
+    fer = fer.to(device).eval()
+    size = ds[0]['image'].shape[-1]
+    feats = [select_branch_features(fer(fer_input(b['image'].to(device)))).features.float().cpu()
+             for b in tqdm(DataLoader(ds, batch_size=batch_size), disable=not progress, desc='FER maps', unit='batch', leave=False)]
+    meta = dict(keys=json.dumps(ds.rows.image_path.tolist()), fer=fer_digest(fer), size=str(size))
+    with atomic_write(path) as tmp: save_file(dict(features=torch.cat(feats).contiguous()), str(tmp), metadata=meta)
+    return Path(path)
+
+def load_fer_features(path, fer: nn.Module, size: int) -> dict:
+    "The maps of a `precompute_fer_features` file as {frame path: FF}, after checking that `fer` and `size` made it."
+    from safetensors import safe_open
+    path = Path(path)
+    if not path.is_file(): raise EmdError(f"--fer-features {path} does not exist: make it with precompute_fer_features")
+    with safe_open(str(path), 'pt') as f:
+        meta, feats = f.metadata(), f.get_tensor('features')
+    if meta.get('fer') != fer_digest(fer) or int(meta.get('size', -1)) != size:
+        raise EmdError(f"--fer-features {path} was made by another FER or crop size (size {meta.get('size')}, this run "
+                       f"{size}): precompute it again for this run's FER, or leave --fer-features out")
+    return dict(zip(json.loads(meta['keys']), feats))
+
+def fer_cache_for(model, cfg, ds=None, maps: dict | None = None) -> 'FerCache | None':
+    "A `FerCache` when the model has a FER stream and the run allows one, preloaded from `maps` for the frames of `ds`."
     has_fer = getattr(getattr(model, 'module', model), 'fer', None) is not None
-    return FerCache(cfg.fer_cache_gb * 1e9) if (has_fer and cfg.fer_cache_gb > 0 and not cfg.augment) else None
+    if not (has_fer and cfg.fer_cache_gb > 0 and not cfg.augment): return None
+    cache = FerCache(cfg.fer_cache_gb * 1e9)
+    if maps and ds is not None: cache.preload(maps, ds.rows.image_path)
+    return cache
 
 # %% ../nbs/31_train.ipynb #eea0b8c7
 def _autocast(device, amp: bool):
@@ -240,19 +319,21 @@ def _autocast(device, amp: bool):
 @torch.no_grad()
 def evaluate(model, loader, dd: Dist, amp: bool = False, fmt=torch.contiguous_format, seg_weight: float = 1.,
              cache: FerCache | None = None) -> dict:
-    "Frame accuracy, mean loss and pixel accuracy on `loader`, summed over the processes."
+    "Frame accuracy (and its balanced version), mean loss and pixel accuracy on `loader`, summed over the processes."
     model.eval()
-    correct = loss = n = pix_ok = pix_n = 0.
+    tp = tn = pos = loss = n = pix_ok = pix_n = 0.
     for batch in loader:
         x, b = to_device(batch, dd.device, fmt)
         out = forward_batch(model, model, x, b, amp, cache)
         l, _ = _loss(model, out, b, seg_weight)
-        correct += ((out.logits.float() > 0) == (b['label'] > .5)).sum().item()
+        pred, fake = out.logits.float() > 0, b['label'] > .5
+        tp += (pred & fake).sum().item(); tn += (~pred & ~fake).sum().item(); pos += fake.sum().item()
         loss += l.item() * len(x); n += len(x)
         if out.mask_logits is not None:
             pix_ok += ((out.mask_logits.float() > 0) == (b['mask'] > .5)).sum().item(); pix_n += b['mask'].numel()
-    correct, loss, n, pix_ok, pix_n = dd.sum(correct, loss, n, pix_ok, pix_n)
-    return dict(accuracy=correct / max(n, 1), loss=loss / max(n, 1), frames=int(n),
+    tp, tn, pos, loss, n, pix_ok, pix_n = dd.sum(tp, tn, pos, loss, n, pix_ok, pix_n)
+    balanced = (tp / pos + tn / (n - pos)) / 2 if 0 < pos < n else float('nan')
+    return dict(accuracy=(tp + tn) / max(n, 1), balanced_accuracy=balanced, loss=loss / max(n, 1), frames=int(n),
                 pixel_accuracy=(pix_ok / pix_n) if pix_n else float('nan'))
 
 def _loss(model, out, batch, seg_weight):
@@ -264,31 +345,33 @@ def to_device(batch: dict, device, fmt=torch.contiguous_format) -> tuple:
     x = batch['image'].to(device, non_blocking=True, memory_format=fmt)
     return x, {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != 'image'}
 
-def forward_batch(net, model, x, b: dict, amp: bool, cache=None) -> DetectorOutput:
-    "`net(x)` under autocast, with the FER features that `cache` keeps (when given) for the frames `b['index']`."
+def forward_batch(net, model, x, b: dict, amp: bool, cache=None, train: bool = False) -> DetectorOutput:
+    "`net(x)` under autocast, with the FER features that `cache` keeps for the frames `b['index']` and, in training, the labels for models that use them."
+    kw = dict(labels=b['label']) if (train and getattr(getattr(model, 'module', model), 'uses_labels', False)) else {}
     with _autocast(x.device, amp):
-        return net(x) if cache is None else net(x, fer_features=cache(model, x, b['index']))
+        if cache is not None: kw['fer_features'] = cache(model, x, b['index'])
+        return net(x, **kw)
 
 def train_step(net, model, opt, batch: dict, device, fmt=torch.contiguous_format, amp: bool = False,
                seg_weight: float = 1., cache=None) -> tuple:
     "One optimiser step (forward, loss, backward, step, the model's `after_step`); (frames, loss, parts, correct) as device tensors."
     x, b = to_device(batch, device, fmt)
-    o = forward_batch(net, model, x, b, amp, cache)
+    o = forward_batch(net, model, x, b, amp, cache, train=True)
     loss, parts = _loss(model, o, b, seg_weight)
     opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
     if hasattr(model, 'after_step'): model.after_step()
     return len(x), loss.detach(), parts, ((o.logits.detach().float() > 0) == (b['label'] > .5)).sum()
 
 @torch.no_grad()
-def predict(model, ds, device, batch_size: int = 32, amp: bool = False, workers: int = 0, progress: bool = False):
+def predict(model, ds, device, batch_size: int = 32, amp: bool = False, workers: int = 0, progress: bool = False,
+            cache: FerCache | None = None):
     "Per-frame probabilities (a DataFrame with the store's metadata) and, for segmenting models, uint8 mask probabilities and 0/1 truth."
     from tqdm.auto import tqdm
     model.eval()
     probs, pred_masks, true_masks = [], [], []
     for b in tqdm(DataLoader(ds, batch_size=batch_size, num_workers=workers), disable=not progress, leave=False,
                   desc='predict', unit='batch'):
-        with _autocast(device, amp):
-            out = model(b['image'].to(device))
+        out = forward_batch(model, model, b['image'].to(device), b, amp, cache)
         probs.append(out.logits.float().sigmoid().cpu())
         if out.mask_logits is not None:
             pred_masks.append((out.mask_logits.float().sigmoid()[:, 0] * 255).round().to(torch.uint8).cpu())
@@ -365,6 +448,29 @@ def _digest(model) -> str:
         h.update(k.encode()); h.update(v.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
 
+@torch.no_grad()
+def precise_bn(model, batches, n: int, device, fmt=torch.contiguous_format, amp: bool = False, cache=None) -> int:
+    "Re-estimate the statistics of the batch norms that train (`emd.core.recompute_bn_stats` over `n` training batches)."
+    def forward(b):
+        x, bb = to_device(b, device, fmt)
+        forward_batch(model, model, x, bb, amp, cache)
+    train_mode(model)
+    return recompute_bn_stats(model, forward, batches, n)
+
+def _train_epoch(net, model, opt, batches, dd: Dist, fmt, amp: bool, seg_weight: float, cache=None) -> tuple:
+    "One epoch of optimiser steps: (frames, correct, summed loss parts), summed over the processes."
+    train_mode(model)
+    n, acc, names = 0, None, None
+    for step, batch in enumerate(batches):
+        k, loss, parts, correct = train_step(net, model, opt, batch, dd.device, fmt, amp, seg_weight, cache)
+        # running sums stay on the device: no host synchronisation per step
+        vals = torch.stack([correct.double(), loss.double() * k, *(v.double() * k for v in parts.values())])
+        acc, names, n = (vals if acc is None else acc + vals), ['loss', *parts], n + k
+        if step % 10 == 0 and hasattr(batches, 'set_postfix'): batches.set_postfix(loss=f"{acc[1].item() / n:.3f}")
+    dd.average_buffers(model)   # DDP keeps each rank's own batch-norm statistics of the last step
+    sums = dd.sum(n, *acc.tolist())
+    return sums[0], sums[1], dict(zip(names, sums[2:]))
+
 def _wrap(model, dd: Dist):
     if dd.world == 1: return model
     return nn.parallel.DistributedDataParallel(model, device_ids=[dd.device.index] if dd.device.type == 'cuda' else None)
@@ -382,14 +488,18 @@ def train_detector(cfg: DetectorTrainConfig, progress: bool = True) -> dict:
     train_ds, val_ds = detection_data(cfg, 'train', train=True), detection_data(cfg, 'val')
     synthetic = train_ds.store.synthetic
     model = create_model(cfg.model, **cfg.model_options()).to(device, memory_format=fmt)
+    fits = hasattr(model, 'fit')   # fitted in closed form (steganalysis features + SVM): one pass, no optimiser
+    if fits and dd.world > 1: raise EmdError(f"{cfg.model} is fitted in one process: run it without torchrun")
     params = trainable_parameters(model)
-    opt = torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
-    sched = (torch.optim.lr_scheduler.StepLR(opt, cfg.lr_step, cfg.lr_gamma) if cfg.lr_step > 0
+    opt = (torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+           if params else None)
+    sched = (None if opt is None else torch.optim.lr_scheduler.StepLR(opt, cfg.lr_step, cfg.lr_gamma) if cfg.lr_step > 0
              else torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.))
-    total = cfg.epochs_phase1 + cfg.epochs
+    total = 1 if fits else cfg.epochs_phase1 + cfg.epochs
     start, history, best = 0, [], dict(accuracy=-1., epoch=0)
     if ck is not None:
-        model.load_state_dict(ck['model']); opt.load_state_dict(ck['optimizer']); sched.load_state_dict(ck['scheduler'])
+        model.load_state_dict(ck['model'])
+        if opt is not None: opt.load_state_dict(ck['optimizer']); sched.load_state_dict(ck['scheduler'])
         start, history = int(ck['epoch']), ck['history']
         best = dict(accuracy=float(ck['best_accuracy']), epoch=int(ck['best_epoch']))
         torch.set_rng_state(ck['rng'])
@@ -408,35 +518,39 @@ def train_detector(cfg: DetectorTrainConfig, progress: bool = True) -> dict:
             tb = None
     t_start = time.time() - (history[-1]['seconds'] if history else 0.)
     phase, net = None, None
-    train_cache, val_cache = fer_cache_for(model, cfg), fer_cache_for(model, cfg)
+    fer = getattr(model, 'fer', None)
+    maps = load_fer_features(cfg.fer_features, fer, cfg.size) if (cfg.fer_features and fer is not None) else None
+    train_cache, val_cache = fer_cache_for(model, cfg, train_ds, maps), fer_cache_for(model, cfg, val_ds, maps)
     for epoch in range(start, total):
-        if phase != (1 if epoch < cfg.epochs_phase1 else 2):
-            phase = 1 if epoch < cfg.epochs_phase1 else 2
+        if phase != (1 if epoch < cfg.epochs_phase1 and not fits else 2):
+            phase = 1 if epoch < cfg.epochs_phase1 and not fits else 2
             set_phase(model, phase); net = _wrap(model, dd)
-        train_mode(model)
-        t0, n, acc, names = time.time(), 0, None, None
+        t0 = time.time()
         bar = tqdm(train_loader(train_ds, cfg, epoch, dd), disable=not (progress and dd.main), leave=False,
                    desc=f"{cfg.model} epoch {epoch + 1}/{total} (phase {phase})", unit='batch')
-        for step, batch in enumerate(bar):
-            k, loss, parts, correct = train_step(net, model, opt, batch, device, fmt, amp, cfg.seg_weight, train_cache)
-            # running sums stay on the device: no host synchronisation per step
-            vals = torch.stack([correct.double(), loss.double() * k, *(v.double() * k for v in parts.values())])
-            acc, names, n = (vals if acc is None else acc + vals), ['loss', *parts], n + k
-            if step % 10 == 0: bar.set_postfix(loss=f"{acc[1].item() / n:.3f}")
-        sched.step()
-        dd.average_buffers(model)   # DDP keeps each rank's own batch-norm statistics of the last step
+        if fits:
+            model.fit(bar, device)
+            tr = evaluate(model, eval_loader(train_ds, cfg, dd), dd, amp, fmt, cfg.seg_weight)
+            n_all, ok_all, tot = tr['frames'], tr['accuracy'] * tr['frames'], dict(loss=tr['loss'] * tr['frames'])
+        else:
+            n_all, ok_all, tot = _train_epoch(net, model, opt, bar, dd, fmt, amp, cfg.seg_weight, train_cache)
+            sched.step()
+            if cfg.precise_bn:
+                precise_bn(model, train_loader(train_ds, cfg.replace(workers=0), epoch, dd), cfg.precise_bn, device, fmt,
+                           amp, train_cache)
+                dd.average_buffers(model)
         train_s = time.time() - t0
-        sums = dd.sum(n, *acc.tolist())
-        n_all, ok_all, tot = sums[0], sums[1], dict(zip(names, sums[2:]))
         ev = evaluate(model, eval_loader(val_ds, cfg, dd), dd, amp, fmt, cfg.seg_weight, val_cache)
-        row = dict(epoch=epoch + 1, phase=phase, lr=opt.param_groups[0]['lr'],
+        row = dict(epoch=epoch + 1, phase=phase, lr=opt.param_groups[0]['lr'] if opt else 0.,
                    **{f'train_{k}': round(v / max(n_all, 1), 5) for k, v in tot.items()},
                    train_accuracy=round(ok_all / max(n_all, 1), 5), val_loss=round(ev['loss'], 5),
-                   val_accuracy=round(ev['accuracy'], 5), val_pixel_accuracy=round(ev['pixel_accuracy'], 5),
+                   val_accuracy=round(ev['accuracy'], 5), val_balanced_accuracy=round(ev['balanced_accuracy'], 5),
+                   val_pixel_accuracy=round(ev['pixel_accuracy'], 5),
                    images_per_s=round(n_all / max(train_s, 1e-9), 2), seconds=round(time.time() - t_start, 2))
         history.append(row)
-        improved = ev['accuracy'] > best['accuracy']
-        if improved: best = dict(accuracy=ev['accuracy'], epoch=epoch + 1)
+        score = ev[cfg.best_by]
+        improved = score > best['accuracy']
+        if improved: best = dict(accuracy=score, epoch=epoch + 1)
         if dd.main:
             log.info(f"epoch {epoch + 1}/{total} (phase {phase}): loss {row['train_loss']:.3f}, train acc "
                      f"{row['train_accuracy']:.3f}, val acc {row['val_accuracy']:.3f}, {row['images_per_s']:.1f} images/s")
@@ -449,7 +563,8 @@ def train_detector(cfg: DetectorTrainConfig, progress: bool = True) -> dict:
                               trained_on=str(cfg.data))
             write_csv_log(out / 'log.csv', history)
             state = dict(model={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-                         optimizer=opt.state_dict(), scheduler=sched.state_dict(), epoch=epoch + 1, history=history,
+                         optimizer=opt.state_dict() if opt else {}, scheduler=sched.state_dict() if sched else {},
+                         epoch=epoch + 1, history=history,
                          best_accuracy=best['accuracy'], best_epoch=best['epoch'], rng=torch.get_rng_state())
             if device.type == 'cuda': state['cuda_rng'] = torch.cuda.get_rng_state()
             save_checkpoint(out / 'checkpoint.pt', **state)
@@ -458,23 +573,30 @@ def train_detector(cfg: DetectorTrainConfig, progress: bool = True) -> dict:
     digests = dd.gather(_digest(model))
     summary = None
     if dd.main:
-        summary = dict(model=cfg.model, best_val_accuracy=best['accuracy'], best_epoch=best['epoch'], epochs=len(history),
+        at_best = history[best['epoch'] - 1] if best['epoch'] else {}
+        summary = dict(model=cfg.model, best_val_accuracy=at_best.get('val_accuracy', float('nan')), best_by=cfg.best_by,
+                       best_val_score=best['accuracy'], best_epoch=best['epoch'], epochs=len(history),
                        seconds=history[-1]['seconds'] if history else 0., train_frames=len(train_ds),
                        val_frames=len(val_ds), synthetic=synthetic, device=str(device), processes=dd.world,
                        rank_weight_digests=digests, package=package_info(), config=cfg.to_dict())
         if cfg.predict:
             test_ds = detection_data(cfg, 'test')
             best_model = load_detector(out, device).to(memory_format=fmt)
-            df, masks = predict(best_model, test_ds, device, cfg.batch_size, amp, cfg.workers, progress)
+            df, masks = predict(best_model, test_ds, device, cfg.batch_size, amp, cfg.workers, progress,
+                                fer_cache_for(best_model, cfg, test_ds, maps))
             write_predictions(out / 'predictions', 'test', df, masks)
             summary['test_frames'] = len(df)
             summary['test_accuracy'] = float(((df.prob > .5) == (df.label > .5)).mean())
         write_json(out / 'summary.json', summary)
-        log.info(f"best validation accuracy {best['accuracy']:.3f} at epoch {best['epoch']} -> {out / 'best'}")
+        log.info(f"best validation {cfg.best_by.replace('_', ' ')} {best['accuracy']:.3f} at epoch {best['epoch']} -> {out / 'best'}")
     dd.barrier()
     return summary
 
 # %% ../nbs/31_train.ipynb #93f26fcc
+def _width_note(c: dict) -> str:
+    w, d = c.get('encoder_width', 1), c.get('decoder_channels', 256)
+    return (f" at width {w:g}" if w != 1 else '') + (f" with a {d}-channel decoder" if d != 256 else '')
+
 def detector_report(run, out, name: str = 'detector-smoke', command: str = '') -> dict:
     "Write OUT/NAME.md, NAME.json and NAME-curves.png about the finished run in `run`."
     import matplotlib.pyplot as plt
@@ -485,7 +607,7 @@ def detector_report(run, out, name: str = 'detector-smoke', command: str = '') -
     c = s['config']
     tag = 'SYNTHETIC data (SynthForensics), not FaceForensics++' if s['synthetic'] else 'FaceForensics++'
     res = dict(data=tag, synthetic=s['synthetic'], model=s['model'], methods=c['methods'], compression=c['compression'],
-               size=c['size'], encoder=c['encoder'], device=s['device'], train_frames=s['train_frames'],
+               size=c['size'], encoder=c['encoder'], encoder_width=c.get('encoder_width', 1), device=s['device'], train_frames=s['train_frames'],
                val_frames=s['val_frames'], best_epoch=s['best_epoch'], best_val_accuracy=s['best_val_accuracy'],
                seconds_to_best=float(h.seconds[h.epoch == s['best_epoch']].iloc[0]), seconds=s['seconds'],
                test_accuracy=s.get('test_accuracy'), epochs=h.to_dict('records'), command=command, package=s['package'])
@@ -502,7 +624,7 @@ def detector_report(run, out, name: str = 'detector-smoke', command: str = '') -
             f"{r.val_pixel_accuracy:.3f} | {r.images_per_s:.1f} | {r.seconds / 60:.1f} |" for r in h.itertuples()]
     md = [f"# {s['model']} on {'+'.join(c['methods'])} {'/'.join(c['compression'])}: {tag}", '',
           f"{s['train_frames']} training and {s['val_frames']} validation frames, {c['size']} x {c['size']} px, encoder "
-          f"{c['encoder']}, batch {c['batch_size']}, {s['device']}. Best validation frame accuracy "
+          f"{c['encoder']}{_width_note(c)}, batch {c['batch_size']}, {s['device']}. Best validation frame accuracy "
           f"**{s['best_val_accuracy']:.3f}** at epoch {s['best_epoch']} ({res['seconds_to_best'] / 60:.1f} min); "
           + (f"test frame accuracy {s['test_accuracy']:.3f}." if s.get('test_accuracy') is not None else ''), '',
           "| epoch | phase | training loss | training accuracy | validation accuracy | validation pixel accuracy | images/s | minutes |",
