@@ -325,7 +325,7 @@ def resolve_device(name: str = 'auto'):
     return d
 
 
-# %% ../nbs/00_core.ipynb #80b04e5f
+# %% ../nbs/00_core.ipynb #c5a7adca
 def recompute_bn_stats(model, forward, batches, n: int) -> int:
     "Re-estimate the running statistics of `model`'s training batch norms over `n` batches; returns the batches used."
     import torch

@@ -7,7 +7,7 @@ __all__ = ['VIDEO_SUFFIXES', 'IMAGE_SUFFIXES', 'DetectConfig', 'FaceTracker', 'f
            'inputs_of', 'Analyser', 'detect_file', 'write_overlay', 'summary_figure', 'write_outputs', 'default_out',
            'detect', 'detect_cli']
 
-# %% ../nbs/60_detect.ipynb #3393f8a1
+# %% ../nbs/60_detect.ipynb #927e9aa2
 import json
 import time
 from dataclasses import dataclass
@@ -22,7 +22,7 @@ from .core import EmdError, Params, log, param, resolve_device, write_json
 from .data.faces import crop, crop_box, detect_face
 from .data.ffpp import sample_frames
 
-# %% ../nbs/60_detect.ipynb #102cc71c
+# %% ../nbs/60_detect.ipynb #423850df
 VIDEO_SUFFIXES = ('.mp4', '.avi', '.mov', '.mkv', '.webm', '.m4v')
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.webp')
 
@@ -51,7 +51,7 @@ class DetectConfig(Params):
         if self.detect_every < 1: raise EmdError("--detect-every must be at least 1")
         return self
 
-# %% ../nbs/60_detect.ipynb #f0807d0a
+# %% ../nbs/60_detect.ipynb #3cf652f8
 class FaceTracker:
     "Face boxes along a video: detection every `every` frames, dlib's correlation tracker in between."
     def __init__(self, every: int = 5):
@@ -71,7 +71,7 @@ class FaceTracker:
         r = self.tracker.get_position()
         return np.array([r.left(), r.top(), r.right(), r.bottom()], np.float64), 'tracked'
 
-# %% ../nbs/60_detect.ipynb #e68598c6
+# %% ../nbs/60_detect.ipynb #cbde0d9a
 def frame_count(path) -> int:
     "Frames in a video or image file."
     from emd.video import probe
@@ -107,7 +107,7 @@ def inputs_of(path) -> list:
                                  f"({', '.join(IMAGE_SUFFIXES)}) in this folder")
     return found
 
-# %% ../nbs/60_detect.ipynb #3067e3a5
+# %% ../nbs/60_detect.ipynb #eaca4037
 class Analyser:
     "A trained detector applied to BGR face crops, with per-stage timing."
     def __init__(self, weights, device='auto'):
@@ -152,7 +152,7 @@ class Analyser:
         self.seconds['fer'] += t1 - t0; self.seconds['detector'] += t2 - t1
         return out
 
-# %% ../nbs/60_detect.ipynb #6ed9dcac
+# %% ../nbs/60_detect.ipynb #3caa60de
 def _batches(it, n):
     buf = []
     for item in it:
@@ -222,7 +222,7 @@ def detect_file(path, analyser: Analyser, cfg: DetectConfig, out=None) -> dict:
     if out is not None: write_outputs(path, df, res, maps, analyser, cfg, out)
     return dict(result=res, frames=df, maps=maps)
 
-# %% ../nbs/60_detect.ipynb #c1abbd28
+# %% ../nbs/60_detect.ipynb #ec95045b
 def _draw(frame: np.ndarray, row, mask, threshold: float) -> np.ndarray:
     "One overlay frame: mask heat map inside the box, the box, and the probability."
     from emd.fer import overlay_cam
@@ -304,7 +304,7 @@ def write_outputs(path, df, res, maps, analyser: Analyser, cfg: DetectConfig, ou
     fig.savefig(out / 'summary.png', dpi=110, bbox_inches='tight'); plt.close(fig)
     write_json(out / 'result.json', res)
 
-# %% ../nbs/60_detect.ipynb #867b25e2
+# %% ../nbs/60_detect.ipynb #a25ab6cb
 def default_out(path) -> Path:
     path = Path(path)
     return path.with_name(f'{path.stem if path.is_file() else path.name}-emd')
