@@ -335,11 +335,14 @@ def stage_parameters(cfg: ReproduceConfig) -> dict:
     return d
 
 def stage_key(stage: Stage, params: dict, needed: dict) -> str:
-    "Digest of the stage's notebook, the parameters it uses, the keys of the stages it needs and the package version."
+    "Digest of the stage's notebook, the parameters it uses (its profile's plan included), the keys of the stages it needs and the package version."
+    from dataclasses import asdict
     from emd import __version__
     h = hashlib.sha256()
     h.update((notebooks_dir() / stage.notebook).read_bytes())
     h.update(json.dumps({k: params.get(k) for k in stage.uses}, sort_keys=True).encode())
+    if 'profile' in stage.uses and params.get('profile') in PLANS:     # a changed plan reruns what it feeds
+        h.update(json.dumps(asdict(plan_of(params['profile'])), sort_keys=True, default=str).encode())
     h.update(json.dumps({n: needed[n] for n in stage.needs}, sort_keys=True).encode())
     h.update(__version__.encode())
     return h.hexdigest()[:16]
