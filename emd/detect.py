@@ -88,8 +88,7 @@ def frames_of(path, k: int = 0):
         if img is None: raise EmdError(f"cannot read image {path}: the file is corrupt or not an image")
         yield 0, img
         return
-    n = frame_count(path)
-    yield from read_frames(path, sample_frames(n, k) if k else None)
+    yield from read_frames(path, sample_frames(frame_count(path), k) if k else None)   # probe only to sample
 
 def frames_at(path, indices) -> list:
     "`(index, BGR frame)` of the given frames of a video (or the image)."
