@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import EmdError
+from .core import EmdError, keep_float32
 from .models import DetectorOutput, FerStream, encoder_weight_options, frozen_fer, register_model
 
 # %% ../nbs/33_baselines.ipynb #69fa099d
@@ -35,6 +35,7 @@ class XceptionFFpp(nn.Module):
         opts = encoder_weight_options(encoder_weights)
         pretrained = opts.pop('encoder_weights') is not None
         self.net = timm.create_model('legacy_xception', pretrained=pretrained, num_classes=1, **opts)
+        keep_float32(self.net.get_classifier())      # float32 scores under --amp bf16, as every head
         self.input_size = input_size
 
     def forward(self, x) -> DetectorOutput:
@@ -75,7 +76,7 @@ class Meso4(_MesoBase):
         self.conv2, self.bn2 = nn.Conv2d(8, 8, 5, padding=2), _bn(8)
         self.conv3, self.bn3 = nn.Conv2d(8, 16, 5, padding=2), _bn(16)
         self.conv4, self.bn4 = nn.Conv2d(16, 16, 5, padding=2), _bn(16)
-        self.head = _MesoHead()
+        self.head = keep_float32(_MesoHead())
 
     def forward(self, x) -> DetectorOutput:
         x = resize_to(to_unit(x), self.input_size)
@@ -105,7 +106,7 @@ class MesoInception4(_MesoBase):
         self.inc2 = InceptionLayer(11, 2, 4, 4, 2); self.bn2 = _bn(12)
         self.conv3, self.bn3 = nn.Conv2d(12, 16, 5, padding=2), _bn(16)
         self.conv4, self.bn4 = nn.Conv2d(16, 16, 5, padding=2), _bn(16)
-        self.head = _MesoHead()
+        self.head = keep_float32(_MesoHead())
 
     def forward(self, x) -> DetectorOutput:
         x = resize_to(to_unit(x), self.input_size)
@@ -150,8 +151,8 @@ class BayarStamm(nn.Module):
         self.constrained = ConstrainedConv2d(1, 3, 5)
         self.conv1, self.bn1 = nn.Conv2d(3, 96, 7, stride=2, padding=3), nn.BatchNorm2d(96)
         self.conv2, self.bn2 = nn.Conv2d(96, 64, 5, padding=2), nn.BatchNorm2d(64)
-        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(64 * 36, 1024), nn.ReLU(), nn.Dropout(.5),
-                                nn.Linear(1024, 1024), nn.ReLU(), nn.Dropout(.5), nn.Linear(1024, 1))
+        self.fc = keep_float32(nn.Sequential(nn.Flatten(), nn.Linear(64 * 36, 1024), nn.ReLU(), nn.Dropout(.5),
+                                             nn.Linear(1024, 1024), nn.ReLU(), nn.Dropout(.5), nn.Linear(1024, 1)))
 
     def forward(self, x) -> DetectorOutput:
         x = resize_to(to_unit(x), self.input_size)
@@ -177,7 +178,7 @@ class Rahmouni(nn.Module):
         self.input_size = input_size     # 0: the crop as given (statistics pooling takes any size)
         chans = (1,) + tuple(filters)
         self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, padding=1) for a, b in zip(chans, chans[1:]))
-        self.fc1, self.drop, self.fc2 = nn.Linear(4 * chans[-1], 1024), nn.Dropout(.35), nn.Linear(1024, 1)
+        self.fc1, self.drop, self.fc2 = keep_float32(nn.Linear(4 * chans[-1], 1024)), nn.Dropout(.35), keep_float32(nn.Linear(1024, 1))
 
     def forward(self, x) -> DetectorOutput:
         x = to_unit(x)[:, 1:2]
@@ -213,6 +214,7 @@ class MultiTask(FerStream, nn.Module):
         branch = lambda n: nn.Sequential(*_tconv_bn_relu(32, 16), *_tconv_bn_relu(16, 16, 2), *_tconv_bn_relu(16, 8),
                                          *_tconv_bn_relu(8, 8, 2), nn.ConvTranspose2d(8, n, 3, 1, 1))
         self.segmenter, self.reconstructor = branch(2), branch(3)
+        keep_float32(self.segmenter[-1])                           # float32 mask scores under --amp bf16
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)): nn.init.normal_(m.weight, 0, .02)
             elif isinstance(m, nn.BatchNorm2d): nn.init.normal_(m.weight, .5, .02); nn.init.zeros_(m.bias)
@@ -232,7 +234,7 @@ class MultiTask(FerStream, nn.Module):
             latent = latent + self.fer_proj(F.interpolate(ff.to(latent.dtype), size=latent.shape[-2:], mode='bilinear',
                                                           align_corners=False))
         halves = latent.unflatten(1, (2, -1))                       # B x 2 x 64 x h x w: [fake, real]
-        act = halves.abs().mean((2, 3, 4))                          # activations a_fake, a_real
+        act = halves.float().abs().mean((2, 3, 4))                  # activations a_fake, a_real (float32 scores)
         logit = act[:, 0] - act[:, 1]
         fake = (labels > .5) if labels is not None else (logit.detach() > 0)
         keep = torch.stack([fake, ~fake], 1).to(latent.dtype)       # the label's half stays, the other is zeroed
@@ -312,7 +314,8 @@ class StegSVM(nn.Module):
     def features(self, x): return steg_features(centre_crop(grey_255(x), self.input_size), self.q)
 
     def forward(self, x) -> DetectorOutput:
-        return DetectorOutput(self.features(x) @ self.weight.to(x.dtype) + self.bias.to(x.dtype), None)
+        with torch.autocast(x.device.type, enabled=False):          # a fitted linear SVM: float32 throughout
+            return DetectorOutput(self.features(x).float() @ self.weight + self.bias, None)
 
     @torch.no_grad()
     def fit(self, batches, device='cpu'):
@@ -370,7 +373,7 @@ class Cozzolino(nn.Module):
             k = torch.tensor(RESIDUAL_KERNEL)
             self.res_rows.weight.copy_(k.view(1, 1, 1, 4)); self.res_cols.weight.copy_(k.view(1, 1, 4, 1))
         self.cooc_h, self.cooc_v = SoftCooccurrence(q, sharpness), SoftCooccurrence(q, sharpness)
-        self.norm, self.fc = nn.BatchNorm1d(162, affine=False), nn.Linear(162, 1)
+        self.norm, self.fc = keep_float32(nn.BatchNorm1d(162, affine=False)), keep_float32(nn.Linear(162, 1))
 
     def features(self, x) -> torch.Tensor:
         g = centre_crop(grey_255(x), self.input_size)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .core import EmdError, Params, log, package_info, param, resolve_device, write_json
+from .core import EmdError, Params, log, package_info, param, resolve_device, tf32_matmul, write_json
 
 # %% ../nbs/61_bench.ipynb #9236e7b4
 @dataclass
@@ -150,7 +150,7 @@ def matmul_peak(device, dtype=torch.bfloat16, n: int = 8192, reps: int = 20) -> 
     torch.cuda.synchronize(device)
     return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e12
 
-def step_flops(model, batch, device, fmt, amp: bool) -> int:
+def step_flops(model, batch, device, fmt, amp: torch.dtype | None) -> int:
     "FLOPs of one training step (forward + backward) counted by FlopCounterMode."
     from torch.utils.flop_counter import FlopCounterMode
     from emd.train import train_step, trainable_parameters
@@ -159,40 +159,44 @@ def step_flops(model, batch, device, fmt, amp: bool) -> int:
         train_step(model, model, opt, batch, device, fmt, amp)
     return int(fc.get_total_flops())
 
-def bench_gpu(store, device, steps: int = 20, batch_size: int = 16, size: int = 256) -> dict:
-    "EMD training steps/s and TFLOP/s in float32, bf16, bf16 + channels-last, and compiled; the matmul peaks."
-    from emd.data.datasets import DetectionDataset
+def _gpu_variant(name, batch, device, amp, channels_last: bool, compile: bool, steps: int, peak: float) -> dict:
+    "One variant of `bench_gpu`: EMD's training step timed and its FLOPs counted; an error is reported, not raised."
     from emd.models import create_model
     from emd.train import set_phase, train_mode, train_step, trainable_parameters
+    torch.manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = create_model('emd').to(device, memory_format=fmt)
+    set_phase(model, 2); train_mode(model)
+    opt = torch.optim.Adam(trainable_parameters(model), lr=1e-4)
+    _reset_peak(device)
+    try:
+        net = torch.compile(model) if compile else model
+        for _ in range(5 if compile else 3): train_step(net, model, opt, batch, device, fmt, amp)   # warm-up (compile)
+        torch.cuda.synchronize(device); t0 = time.perf_counter()
+        for _ in range(steps): train_step(net, model, opt, batch, device, fmt, amp)
+        torch.cuda.synchronize(device); dt = (time.perf_counter() - t0) / steps
+        tflops = step_flops(model, batch, device, fmt, amp) / dt / 1e12
+        return dict(variant=name, images_per_s=round(len(batch['image']) / dt, 1), step_ms=round(1000 * dt, 1),
+                    tflops=round(tflops, 1), of_peak=round(tflops / peak, 3), **peak_memory(device))
+    except Exception as e:     # e.g. torch.compile unavailable: reported, the other variants stand
+        return dict(variant=name, error=f'{type(e).__name__}: {e}'[:200])
+
+_GPU_VARIANTS = (('float32', None, False, False, False), ('float32 + TF32', None, True, False, False),
+                 ('bf16', torch.bfloat16, False, False, False), ('bf16 + channels-last', torch.bfloat16, False, True, False),
+                 ('bf16 + channels-last + compile', torch.bfloat16, False, True, True))   # name, autocast, TF32, cl, compile
+
+def bench_gpu(store, device, steps: int = 20, batch_size: int = 16, size: int = 256) -> dict:
+    "EMD training steps/s and TFLOP/s in float32, float32 + TF32, bf16, bf16 + channels-last, compiled; the matmul peaks."
+    from emd.data.datasets import DetectionDataset
     ds = DetectionDataset(store, 'train', ('Face2Face',), ('c23',), size=size)
     batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False)))
-    tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = True      # float32 convolutions run on TF32 tensor cores (cuDNN's default)
-    try: peak = dict(bf16=round(matmul_peak(device), 1), tf32=round(matmul_peak(device, torch.float32), 1))
-    finally: torch.backends.cuda.matmul.allow_tf32 = tf32
+    with tf32_matmul(True): peak = dict(bf16=round(matmul_peak(device), 1), tf32=round(matmul_peak(device, torch.float32), 1))
+    with tf32_matmul(False): peak['float32'] = round(matmul_peak(device, torch.float32), 1)
     rows = []
-    for name, amp, cl, comp in (('float32 (TF32 convolutions)', False, False, False), ('bf16', True, False, False),
-                                ('bf16 + channels-last', True, True, False),
-                                ('bf16 + channels-last + compile', True, True, True)):
-        torch.manual_seed(0)
-        fmt = torch.channels_last if cl else torch.contiguous_format
-        model = create_model('emd').to(device, memory_format=fmt)
-        set_phase(model, 2); train_mode(model)
-        opt = torch.optim.Adam(trainable_parameters(model), lr=1e-4)
-        _reset_peak(device)
-        try:
-            net = torch.compile(model) if comp else model
-            for _ in range(3 if not comp else 5): train_step(net, model, opt, batch, device, fmt, amp)   # warm-up (compile)
-            torch.cuda.synchronize(device); t0 = time.perf_counter()
-            for _ in range(steps): train_step(net, model, opt, batch, device, fmt, amp)
-            torch.cuda.synchronize(device); dt = (time.perf_counter() - t0) / steps
-            tflops = step_flops(model, batch, device, fmt, amp) / dt / 1e12
-            rows.append(dict(variant=name, images_per_s=round(batch_size / dt, 1), step_ms=round(1000 * dt, 1),
-                             tflops=round(tflops, 1), of_peak=round(tflops / (peak['bf16'] if amp else peak['tf32']), 3),
-                             **peak_memory(device)))
-        except Exception as e:     # e.g. torch.compile unavailable: reported, the other variants stand
-            rows.append(dict(variant=name, error=f'{type(e).__name__}: {e}'[:200]))
-        del model, opt
+    for name, amp, tf32, cl, comp in _GPU_VARIANTS:
+        with tf32_matmul(tf32):
+            rows.append(_gpu_variant(name, batch, device, amp, cl, comp, steps,
+                                     peak['bf16' if amp else 'tf32' if tf32 else 'float32']))
         torch.cuda.empty_cache()
     return dict(size=size, batch=batch_size, matmul_peak_tflops=peak, variants=rows,
                 gpu=torch.cuda.get_device_name(device))
@@ -286,7 +290,10 @@ def write_bench(res: dict, out) -> Path:
         g = res['gpu']
         md += [f"## GPU: EMD training variants ({g['gpu']}, {g['size']} x {g['size']}, batch {g['batch']})", '',
                f"Matrix-multiply peak measured here: {g['matmul_peak_tflops']['bf16']} TFLOP/s (bf16), "
-               f"{g['matmul_peak_tflops']['tf32']} TFLOP/s (float32 on TF32 tensor cores, the float32 row's reference).", '',
+               f"{g['matmul_peak_tflops']['tf32']} TFLOP/s (float32 on TF32 tensor cores)"
+               + (f", {g['matmul_peak_tflops']['float32']} TFLOP/s (full float32)" if 'float32' in g['matmul_peak_tflops'] else '')
+               + ". Each variant's share is of the peak of its own arithmetic. Training runs use full float32 unless "
+                 "given `--tf32` or `--amp bf16`.", '',
                '| variant | images/s | ms/step | TFLOP/s | of peak | peak GPU memory (MiB) |', '|---|---|---|---|---|---|']
         md += [f"| {r['variant']} | {r['images_per_s']} | {r['step_ms']} | {r['tflops']} | {r['of_peak']:.0%} | "
                f"{r.get('peak_gpu_mib', '')} |" if 'error' not in r else f"| {r['variant']} | failed: {r['error']} | | | | |"
@@ -303,7 +310,7 @@ def bench_cli(argv=None, prog='emd bench'):
         description="Measure preparation, training and inference speed (and memory) on this machine, on synthetic "
                     "videos written first; writes OUT/bench-DEVICE.json and .md. About 8 minutes on 2 CPU cores.",
         epilog="examples:\n  emd bench                          # CPU (or the GPU if there is one), into figures/\n"
-               "  emd bench --device cuda            # adds bf16 / channels-last / compile variants and TFLOP/s\n"
+               "  emd bench --device cuda            # adds float32 / TF32 / bf16 / channels-last / compile variants and TFLOP/s\n"
                "  emd bench --parts detect --out /tmp/b")
     BenchConfig.add_arguments(p)
     a = p.parse_args(argv)

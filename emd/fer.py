@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import EmdError, atomic_write, write_json
+from .core import EmdError, atomic_write, keep_float32, write_json
 
 # %% ../nbs/20_fer.ipynb #32484d6a
 FER_CLASSES = ('Neutral', 'Happy', 'Sad', 'Surprise', 'Fear', 'Disgust', 'Anger', 'Contempt')
@@ -50,8 +50,8 @@ class EsrBranch(nn.Module):
         self.conv2, self.bn2 = _cbr(128, 256, 3)
         self.conv3, self.bn3 = _cbr(256, 256, 3)
         self.conv4, self.bn4 = _cbr(256, 512, 3, pad=1)
-        self.fc = nn.Linear(512, n_classes)
-        self.fc_dimensional = nn.Linear(n_classes, 2)
+        self.fc = keep_float32(nn.Linear(512, n_classes))             # heads: float32 logits under --amp bf16
+        self.fc_dimensional = keep_float32(nn.Linear(n_classes, 2))
 
     def features(self, x):
         x = F.relu(self.bn1(self.conv1(x)))
@@ -113,8 +113,8 @@ class SimFER(nn.Module):
         self.conv2, self.bn2 = _cbr(c[1], c[2], 3)
         self.conv3, self.bn3 = _cbr(c[2], c[3], 3)
         self.conv4, self.bn4 = _cbr(c[3], c[4], 3)
-        self.fc = nn.Linear(c[4], n_classes)
-        self.fc_dimensional = nn.Linear(n_classes, 2)
+        self.fc = keep_float32(nn.Linear(c[4], n_classes))
+        self.fc_dimensional = keep_float32(nn.Linear(n_classes, 2))
 
     @property
     def feature_channels(self) -> int: return 8 * self.width

@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
-from .core import (EmdError, Params, fast_bf16, log, open_run, package_info, param, recompute_bn_stats, resolve_device,
-                      rng_for, save_checkpoint, seed_everything, write_csv_log, write_json)
+from .core import (AMP_MODES, EmdError, Params, autocast, autocast_dtype, log, open_run, package_info, param,
+                      precision_label, recompute_bn_stats, resolve_device, rng_for, save_checkpoint, seed_everything,
+                      tf32_matmul, write_csv_log, write_json)
 from .data.datasets import ExpressionDataset
 from .fer import FER_CLASSES, FerEnsemble, SimFER, ensemble_vote, save_fer
 
@@ -53,7 +54,10 @@ class FerTrainConfig(Params):
                                'batches (0: keep the running averages; see emd.core.recompute_bn_stats)')
     workers: int = param(2, 'DataLoader worker processes')
     device: str = param('auto', 'auto, cpu, cuda or cuda:N')
-    amp: bool = param(True, 'bfloat16 autocast where it is fast (a GPU, or a CPU with AMX/AVX-512 BF16)')
+    amp: str = param('off', "off: float32 on every device; bf16: bfloat16 autocast of the network's body (heads, losses and "
+                            "scores stay float32; fast on GPUs and on CPUs with AVX-512 BF16 or AMX)", choices=AMP_MODES)
+    tf32: bool = param(False, 'CUDA only: float32 matrix multiplications and convolutions on TF32 tensor cores (faster, '
+                              '10-bit mantissa); off: full float32')
     channels_last: bool = param(True, 'channels-last memory format (faster convolutions on GPUs and recent CPUs)')
     seed: int = param(0, 'random seed')
     resume: bool = param(False, 'continue the run in --out from its checkpoint')
@@ -92,7 +96,7 @@ def ensemble_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.flatten(0, 1).float(), target.repeat_interleave(n), reduction='sum') / len(target)
 
 @torch.no_grad()
-def evaluate(model, loader, device, amp: bool = False) -> dict:
+def evaluate(model, loader, device, amp: torch.dtype | None = None) -> dict:
     "Validation accuracy of the ensemble vote and of each branch, the mean Eq. 1 loss and the confusion matrix."
     model.eval()
     n_cls = model.n_classes
@@ -100,7 +104,7 @@ def evaluate(model, loader, device, amp: bool = False) -> dict:
     correct_b, loss, n = 0, 0., 0
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with torch.autocast(device.type, torch.bfloat16, enabled=amp):
+        with autocast(device, amp):
             out = model(x)
         loss += ensemble_loss(out.logits, y).item() * len(y)
         vote = ensemble_vote(out.logits)
@@ -150,10 +154,13 @@ def _new_model(cfg: FerTrainConfig, stage: Stage):
 
 def train_fer(cfg: FerTrainConfig, progress: bool = True) -> dict:
     "Train a FER model as `cfg` says; returns the summary (also written to RUN/summary.json)."
+    with tf32_matmul(cfg.tf32): return _train_fer(cfg, progress)
+
+def _train_fer(cfg: FerTrainConfig, progress: bool) -> dict:
     from tqdm.auto import tqdm
     cfg.check()
     device = resolve_device(cfg.device)
-    amp = cfg.amp and fast_bf16(device)
+    amp = autocast_dtype(cfg.amp, device)      # None: float32 (the default everywhere)
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     out, ck = open_run(cfg)
     seed_everything(cfg.seed)
@@ -163,7 +170,7 @@ def train_fer(cfg: FerTrainConfig, progress: bool = True) -> dict:
     plan = stages(cfg)
     log.info(f"FER {cfg.model}{f' ({cfg.branches} branches, {cfg.schedule})' if cfg.model == 'esr' else ''} on "
              f"{len(train_ds)} training / {len(val_ds)} validation images{' (SYNTHETIC)' if synthetic else ''}, "
-             f"{device}{', bf16' if amp else ''}")
+             f"{device}, {precision_label(amp, cfg.tf32, device)}")
 
     s0, e0, history, best = 0, 0, [], dict(accuracy=-1., epoch=-1)
     stage_best = None
@@ -202,7 +209,7 @@ def train_fer(cfg: FerTrainConfig, progress: bool = True) -> dict:
                        desc=f"FER stage {stage.index + 1}/{len(plan)} epoch {epoch + 1}/{stage.epochs}", unit='batch')
             for x, y in bar:
                 x, y = x.to(device, non_blocking=True, memory_format=fmt), y.to(device, non_blocking=True)
-                with torch.autocast(device.type, torch.bfloat16, enabled=amp):
+                with autocast(device, amp):
                     out_ = model(x)
                 loss = ensemble_loss(out_.logits, y)
                 opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
@@ -212,7 +219,7 @@ def train_fer(cfg: FerTrainConfig, progress: bool = True) -> dict:
             sched.step()
             if cfg.precise_bn:
                 def forward(b):
-                    with torch.autocast(device.type, torch.bfloat16, enabled=amp):
+                    with autocast(device, amp):
                         model(b[0].to(device, memory_format=fmt))
                 recompute_bn_stats(model, forward, _loader(stage_ds, cfg, gepoch, device, True), cfg.precise_bn)
             ev = evaluate(model, _loader(val_ds, cfg, gepoch, device, False), device, amp)
@@ -244,7 +251,8 @@ def train_fer(cfg: FerTrainConfig, progress: bool = True) -> dict:
     plot_confusion(cm, FER_CLASSES[:cm.shape[0]], title).savefig(out / 'confusion.png', dpi=120, bbox_inches='tight')
     summary = dict(best_val_accuracy=best['accuracy'], best_epoch=best['epoch'], epochs=len(history),
                    seconds=history[-1]['seconds'] if history else 0., train_images=len(train_ds), val_images=len(val_ds),
-                   synthetic=synthetic, device=str(device), model=cfg.model, branches=plan[-1].branches,
+                   synthetic=synthetic, device=str(device), precision=precision_label(amp, cfg.tf32, device),
+                   model=cfg.model, branches=plan[-1].branches,
                    final_branch_accuracy=[v for k, v in history[-1].items() if k.startswith('val_accuracy_branch')],
                    package=package_info(), config=cfg.to_dict())
     write_json(out / 'summary.json', summary)

@@ -8,8 +8,8 @@ __all__ = ['PLANS', 'STAGE_LIST', 'STAGES', 'FER_PAIRS', 'TABLES', 'FIGURES', 'R
            'default_jobs', 'train_runs', 'Stage', 'notebooks_dir', 'stage_parameters', 'stage_key', 'selected_stages',
            'run_stage', 'reproduce', 'project_root', 'config_from', 'prepare_data', 'detector_size', 'train_fers',
            'run_detectors', 'data_note', 'table_caption', 'make_table', 'make_table1', 'make_fig4_5', 'make_fig6',
-           'make_fig7', 'fer_effect', 'write_summary', 'machine_info', 'write_manifest', 'check_outputs',
-           'reproduce_cli']
+           'make_fig7', 'fer_effect', 'write_summary', 'machine_info', 'run_precision', 'write_manifest',
+           'check_outputs', 'reproduce_cli']
 
 # %% ../nbs/52_reproduce.ipynb #408334ad
 import hashlib
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import EmdError, Params, log, package_info, param, write_json
+from .core import AMP_MODES, EmdError, Params, log, package_info, param, write_json
 from .paper import cells
 from .report import pooled_path, run_path
 
@@ -51,6 +51,10 @@ class ReproduceConfig(Params):
     jobs: int = param(0, "training runs at once (0: the plan's, 2 on a CPU and 1 on a GPU; one per GPU where there are "
                          "several: each run then has a GPU of its own)")
     device: str = param('auto', 'auto, cpu or cuda')
+    amp: str = param('off', 'precision of every training run: off (float32, on every device) or bf16 (bfloat16 autocast '
+                            'of the networks\' bodies; heads and scores stay float32)', choices=AMP_MODES)
+    tf32: bool = param(False, 'on CUDA GPUs, float32 matrix multiplications and convolutions of every training run on TF32 '
+                              'tensor cores (faster; 10-bit mantissa)')
     seed: int = param(0, 'random seed of every stage')
     force: bool = param(False, 'run every stage again, even when nothing changed')
     PROFILES = {'tiny': {}, 'smoke': {}, 'mini': {}, 'paper': {}}
@@ -165,7 +169,8 @@ def detector_runs(cfg: ReproduceConfig, n_targets: int | None = None) -> list:
         if weights and 'encoder_weights' in _takes(model): kw['encoder_weights'] = weights
         return DetectorTrainConfig.from_profile(plan.detector.get('profile'), model=model, data=p['ffpp'],
                                                 methods=tuple(methods), compression=tuple(comps), train_videos=videos,
-                                                out=out, device=cfg.device, seed=cfg.seed, **kw)
+                                                out=out, device=cfg.device, seed=cfg.seed, amp=cfg.amp,
+                                                tf32=cfg.tf32, **kw)
     if n_targets is None and p['ffpp'].joinpath('index.parquet').exists(): n_targets = n_train_targets(p['ffpp'])
     sizes = training_sizes(plan, n_targets or 0)
     methods, comps = ('Face2Face', 'NeuralTextures', 'Deepfakes'), ('c23', 'c40')
@@ -301,8 +306,9 @@ class Stage:
 
 STAGE_LIST = [
     Stage('data', '00_data.ipynb', (), ('profile', 'ffpp', 'affectnet', 'esr_weights', 'seed')),
-    Stage('fer', '01_fer.ipynb', ('data',), ('profile', 'esr_weights', 'seed')),
-    Stage('detectors', '02_detectors.ipynb', ('data', 'fer'), ('profile', 'encoder_weights', 'xception_weights', 'seed')),
+    Stage('fer', '01_fer.ipynb', ('data',), ('profile', 'esr_weights', 'seed', 'amp', 'tf32')),
+    Stage('detectors', '02_detectors.ipynb', ('data', 'fer'),
+          ('profile', 'encoder_weights', 'xception_weights', 'seed', 'amp', 'tf32')),
     Stage('table1', '10_table1.ipynb', ('data',), ('profile', 'out')),
     Stage('table2', '11_table2.ipynb', ('detectors',), ('profile', 'out')),
     Stage('table3', '12_table3.ipynb', ('detectors',), ('profile', 'out')),
@@ -500,7 +506,8 @@ def train_fers(cfg: ReproduceConfig) -> dict:
         if kind == 'esr' and cfg.esr_weights:
             load_fer(cfg.esr_weights); out[kind] = dict(source=str(cfg.esr_weights), published=True); continue
         fc = FerTrainConfig.from_profile(spec.get('profile'), data=p['affectnet'], out=folder, seed=cfg.seed,
-                                         device=cfg.device, **{k: v for k, v in spec.items() if k != 'profile'})
+                                         device=cfg.device, amp=cfg.amp, tf32=cfg.tf32,
+                                         **{k: v for k, v in spec.items() if k != 'profile'})
         out[kind] = _fer_run(fc)
     if plan.fer_maps:
         size = detector_size(plan)
@@ -660,7 +667,8 @@ def write_summary(cfg: ReproduceConfig) -> str:
     minutes = sum(v.get('seconds') or 0 for v in state.values()) / 60
     L += [f"Made by `emd reproduce --profile {cfg.profile}` with emd {info['version']}"
           + (f" (commit {info['commit'][:10]}{', with local changes' if info['dirty'] else ''})" if info['commit'] else '')
-          + f": {len(state)} stages, {minutes:.1f} minutes of stage time (per stage: `manifest.json`).", '']
+          + f": {len(state)} stages, {minutes:.1f} minutes of stage time (per stage: `manifest.json`); every network "
+            f"trained in {run_precision(cfg)['label']}.", '']
     try:
         from emd.data.store import FrameStore
         idx = FrameStore(paths(cfg)['ffpp']).index()
@@ -708,10 +716,17 @@ def machine_info() -> dict:
     if torch.cuda.is_available(): info['gpu'] = torch.cuda.get_device_name(0)
     return info
 
+def run_precision(cfg: ReproduceConfig) -> dict:
+    "The arithmetic of the reproduction's training runs: `--amp`, `--tf32` and, in words, what they mean on its device."
+    from emd.core import autocast_dtype, precision_label, resolve_device
+    dev = resolve_device(cfg.device)
+    return dict(amp=cfg.amp, tf32=cfg.tf32, label=precision_label(autocast_dtype(cfg.amp, dev), cfg.tf32, dev))
+
 def write_manifest(cfg: ReproduceConfig, state: dict, keys: dict, seconds: float) -> dict:
     plan = plan_of(cfg.profile)
     m = dict(profile=cfg.profile, data='SynthForensics (synthetic)' if plan.synthetic else 'FaceForensics++ and AffectNet',
              synthetic=plan.synthetic, package=package_info(), seed=cfg.seed, device=cfg.device, machine=machine_info(),
+             precision=run_precision(cfg),
              parameters={k: v for k, v in stage_parameters(cfg).items() if k not in ('work', 'out')},
              stages={n: dict(key=keys.get(n), status=state.get(n, {}).get('status'), seconds=state.get(n, {}).get('seconds'))
                      for n in STAGES},

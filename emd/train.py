@@ -26,8 +26,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
-from .core import (EmdError, Params, atomic_write, fast_bf16, log, open_run, package_info, param, recompute_bn_stats,
-                      resolve_device, rng_for, save_checkpoint, seed_everything, write_csv_log, write_json)
+from .core import (AMP_MODES, EmdError, Params, atomic_write, autocast, autocast_dtype, log, open_run, package_info,
+                      param, precision_label, recompute_bn_stats, resolve_device, rng_for, save_checkpoint, seed_everything,
+                      tf32_matmul, write_csv_log, write_json)
 from .data.datasets import DetectionDataset
 from .models import DetectorOutput, create_model, list_models, model_spec
 
@@ -73,7 +74,10 @@ class DetectorTrainConfig(Params):
     augment: bool = param(False, 'flip, small affine and colour jitter (the paper mentions none)')
     workers: int = param(4, 'DataLoader worker processes (per process)')
     device: str = param('auto', 'auto, cpu, cuda or cuda:N (under torchrun: each process takes its local GPU)')
-    amp: bool = param(True, 'bfloat16 autocast where it is fast (a GPU, or a CPU with AMX/AVX-512 BF16)')
+    amp: str = param('off', "off: float32 on every device; bf16: bfloat16 autocast of the network's body (heads, losses and "
+                            "scores stay float32; fast on GPUs and on CPUs with AVX-512 BF16 or AMX)", choices=AMP_MODES)
+    tf32: bool = param(False, 'CUDA only: float32 matrix multiplications and convolutions on TF32 tensor cores (faster, '
+                              '10-bit mantissa); off: full float32')
     channels_last: bool = param(True, 'channels-last memory format')
     seed: int = param(0, 'random seed')
     fer_cache_gb: float = param(4., "keep the frozen FER's feature map of each frame in memory after its first use, up "
@@ -313,12 +317,9 @@ def fer_cache_for(model, cfg, ds=None, maps: dict | None = None) -> 'FerCache | 
     return cache
 
 # %% ../nbs/31_train.ipynb #eea0b8c7
-def _autocast(device, amp: bool):
-    return torch.autocast(device.type, torch.bfloat16, enabled=amp)
-
 @torch.no_grad()
-def evaluate(model, loader, dd: Dist, amp: bool = False, fmt=torch.contiguous_format, seg_weight: float = 1.,
-             cache: FerCache | None = None) -> dict:
+def evaluate(model, loader, dd: Dist, amp: torch.dtype | None = None, fmt=torch.contiguous_format,
+             seg_weight: float = 1., cache: FerCache | None = None) -> dict:
     "Frame accuracy (and its balanced version), mean loss and pixel accuracy on `loader`, summed over the processes."
     model.eval()
     tp = tn = pos = loss = n = pix_ok = pix_n = 0.
@@ -345,14 +346,14 @@ def to_device(batch: dict, device, fmt=torch.contiguous_format) -> tuple:
     x = batch['image'].to(device, non_blocking=True, memory_format=fmt)
     return x, {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != 'image'}
 
-def forward_batch(net, model, x, b: dict, amp: bool, cache=None, train: bool = False) -> DetectorOutput:
+def forward_batch(net, model, x, b: dict, amp: torch.dtype | None, cache=None, train: bool = False) -> DetectorOutput:
     "`net(x)` under autocast, with the FER features that `cache` keeps for the frames `b['index']` and, in training, the labels for models that use them."
     kw = dict(labels=b['label']) if (train and getattr(getattr(model, 'module', model), 'uses_labels', False)) else {}
-    with _autocast(x.device, amp):
+    with autocast(x.device, amp):
         if cache is not None: kw['fer_features'] = cache(model, x, b['index'])
         return net(x, **kw)
 
-def train_step(net, model, opt, batch: dict, device, fmt=torch.contiguous_format, amp: bool = False,
+def train_step(net, model, opt, batch: dict, device, fmt=torch.contiguous_format, amp: torch.dtype | None = None,
                seg_weight: float = 1., cache=None) -> tuple:
     "One optimiser step (forward, loss, backward, step, the model's `after_step`); (frames, loss, parts, correct) as device tensors."
     x, b = to_device(batch, device, fmt)
@@ -363,8 +364,8 @@ def train_step(net, model, opt, batch: dict, device, fmt=torch.contiguous_format
     return len(x), loss.detach(), parts, ((o.logits.detach().float() > 0) == (b['label'] > .5)).sum()
 
 @torch.no_grad()
-def predict(model, ds, device, batch_size: int = 32, amp: bool = False, workers: int = 0, progress: bool = False,
-            cache: FerCache | None = None):
+def predict(model, ds, device, batch_size: int = 32, amp: torch.dtype | None = None, workers: int = 0,
+            progress: bool = False, cache: FerCache | None = None):
     "Per-frame probabilities (a DataFrame with the store's metadata) and, for segmenting models, uint8 mask probabilities and 0/1 truth."
     from tqdm.auto import tqdm
     model.eval()
@@ -449,7 +450,8 @@ def _digest(model) -> str:
     return h.hexdigest()[:16]
 
 @torch.no_grad()
-def precise_bn(model, batches, n: int, device, fmt=torch.contiguous_format, amp: bool = False, cache=None) -> int:
+def precise_bn(model, batches, n: int, device, fmt=torch.contiguous_format, amp: torch.dtype | None = None,
+               cache=None) -> int:
     "Re-estimate the statistics of the batch norms that train (`emd.core.recompute_bn_stats` over `n` training batches)."
     def forward(b):
         x, bb = to_device(b, device, fmt)
@@ -457,7 +459,8 @@ def precise_bn(model, batches, n: int, device, fmt=torch.contiguous_format, amp:
     train_mode(model)
     return recompute_bn_stats(model, forward, batches, n)
 
-def _train_epoch(net, model, opt, batches, dd: Dist, fmt, amp: bool, seg_weight: float, cache=None) -> tuple:
+def _train_epoch(net, model, opt, batches, dd: Dist, fmt, amp: torch.dtype | None, seg_weight: float,
+                 cache=None) -> tuple:
     "One epoch of optimiser steps: (frames, correct, summed loss parts), summed over the processes."
     train_mode(model)
     n, acc, names = 0, None, None
@@ -477,11 +480,14 @@ def _wrap(model, dd: Dist):
 
 def train_detector(cfg: DetectorTrainConfig, progress: bool = True) -> dict:
     "Train a detector as `cfg` says; returns the summary (also written to RUN/summary.json on rank 0)."
+    with tf32_matmul(cfg.tf32): return _train_detector(cfg, progress)
+
+def _train_detector(cfg: DetectorTrainConfig, progress: bool) -> dict:
     from tqdm.auto import tqdm
     cfg.check()
     dd = Dist(cfg.device)
     device = dd.device
-    amp = cfg.amp and fast_bf16(device)
+    amp = autocast_dtype(cfg.amp, device)      # None: float32 (the default everywhere)
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     out, ck = open_run(cfg, dd.main, dd.barrier)
     seed_everything(cfg.seed)
@@ -508,7 +514,7 @@ def train_detector(cfg: DetectorTrainConfig, progress: bool = True) -> dict:
     if dd.main:
         log.info(f"{cfg.model} on {', '.join(cfg.methods)} {'/'.join(cfg.compression)}: {len(train_ds)} training / "
                  f"{len(val_ds)} validation frames{' (SYNTHETIC)' if synthetic else ''}, {cfg.size} px, "
-                 f"{dd.world} x {device}{', bf16' if amp else ''}")
+                 f"{dd.world} x {device}, {precision_label(amp, cfg.tf32, device)}")
     tb = None
     if dd.main:
         try:
@@ -578,6 +584,7 @@ def train_detector(cfg: DetectorTrainConfig, progress: bool = True) -> dict:
                        best_val_score=best['accuracy'], best_epoch=best['epoch'], epochs=len(history),
                        seconds=history[-1]['seconds'] if history else 0., train_frames=len(train_ds),
                        val_frames=len(val_ds), synthetic=synthetic, device=str(device), processes=dd.world,
+                       precision=precision_label(amp, cfg.tf32, device),
                        rank_weight_digests=digests, package=package_info(), config=cfg.to_dict())
         if cfg.predict:
             test_ds = detection_data(cfg, 'test')

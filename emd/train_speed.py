@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .core import EmdError, fast_bf16, log, package_info, write_json
+from .core import EmdError, autocast_dtype, log, package_info, precision_label, tf32_matmul, write_json
 from .models import create_model
 from .train import (DetectorTrainConfig, Dist, detection_data, set_phase, train_loader, train_mode, train_step,
                        trainable_parameters)
@@ -27,9 +27,12 @@ def _sync(device):
 
 def training_throughput(cfg: DetectorTrainConfig, steps: int = 12, warmup: int = 3) -> dict:
     "Images per second of training steps: end to end (DataLoader from the store) and the model alone (in-memory batch)."
+    with tf32_matmul(cfg.tf32): return _throughput(cfg, steps, warmup)
+
+def _throughput(cfg: DetectorTrainConfig, steps: int, warmup: int) -> dict:
     if steps < 1: raise EmdError("--steps must be at least 1")
     dd = Dist(cfg.device); device = dd.device
-    amp = cfg.amp and fast_bf16(device)
+    amp = autocast_dtype(cfg.amp, device)
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model, **cfg.model_options()).to(device, memory_format=fmt)
@@ -38,7 +41,8 @@ def training_throughput(cfg: DetectorTrainConfig, steps: int = 12, warmup: int =
     ds = detection_data(cfg, 'train', train=True)
     need = (steps + warmup) * cfg.batch_size
     if len(ds) < need: raise EmdError(f"the training split has {len(ds)} frames; {need} are needed for {steps} + {warmup} steps")
-    res = dict(model=cfg.model, batch_size=cfg.batch_size, size=cfg.size, device=str(device), bf16=amp,
+    res = dict(model=cfg.model, batch_size=cfg.batch_size, size=cfg.size, device=str(device),
+               precision=precision_label(amp, cfg.tf32, device),
                workers=cfg.workers, steps=steps, threads=torch.get_num_threads(), synthetic=ds.store.synthetic)
     # end to end: the training loader
     t0, n = None, 0
@@ -69,7 +73,7 @@ def write_throughput(res: dict, out) -> Path:
           "| model | input | batch | device | workers | end to end, images/s | model alone, images/s | ratio |",
           "|---|---|---|---|---|---|---|---|",
           f"| {res['model']} | {res['size']} x {res['size']} | {res['batch_size']} | {res['device']}"
-          f"{' bf16' if res['bf16'] else ''} ({res['threads']} threads) | {res['workers']} | "
+          f", {res['precision']} ({res['threads']} threads) | {res['workers']} | "
           f"{res['end_to_end_images_per_s']:.2f} | {res['model_alone_images_per_s']:.2f} | {res['ratio']:.2f} |", '',
           f"*{res['steps']} timed training steps each, after warm-up. Produced by `{res.get('command', 'python -m emd.train_speed')}`.*"]
     (out / 'train-throughput.md').write_text('\n'.join(md) + '\n')
@@ -87,9 +91,11 @@ def main(argv=None):
     p.add_argument('--steps', type=int, default=12, help='timed steps of each kind (default: 12)')
     p.add_argument('--device', default='auto', help='auto, cpu or cuda (default: auto)')
     p.add_argument('--workers', type=int, default=None, help="DataLoader workers (default: the profile's)")
+    p.add_argument('--amp', default=None, choices=('off', 'bf16'), help='off: float32; bf16: bfloat16 autocast (default: off)')
+    p.add_argument('--tf32', action=argparse.BooleanOptionalAction, default=None, help='CUDA: TF32 matmuls (default: off)')
     a = p.parse_args(argv)
     cfg = DetectorTrainConfig.from_profile(a.profile, model=a.model, data=a.data, fer=a.fer, device=a.device,
-                                           workers=a.workers)
+                                           workers=a.workers, amp=a.amp, tf32=a.tf32)
     res = training_throughput(cfg, a.steps)
     res['command'] = 'python -m emd.train_speed ' + ' '.join(argv if argv is not None else __import__('sys').argv[1:])
     print(write_throughput(res, a.out).read_text())
