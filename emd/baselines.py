@@ -14,8 +14,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import EmdError, keep_float32
-from .models import DetectorOutput, FerStream, encoder_weight_options, frozen_fer, register_model
+from .core import EmdError, is_manipulated, keep_float32
+from .models import FerStream, encoder_weight_options, frozen_fer
+from .registry import DetectorOutput, register_model
 
 # %% ../nbs/33_baselines.ipynb #69fa099d
 def to_unit(x: torch.Tensor) -> torch.Tensor:
@@ -236,7 +237,7 @@ class MultiTask(FerStream, nn.Module):
         halves = latent.unflatten(1, (2, -1))                       # B x 2 x 64 x h x w: [fake, real]
         act = halves.float().abs().mean((2, 3, 4))                  # activations a_fake, a_real (float32 scores)
         logit = act[:, 0] - act[:, 1]
-        fake = (labels > .5) if labels is not None else (logit.detach() > 0)
+        fake = (labels > .5) if labels is not None else is_manipulated(logit.detach().sigmoid())
         keep = torch.stack([fake, ~fake], 1).to(latent.dtype)       # the label's half stays, the other is zeroed
         d = self.shared((halves * keep[:, :, None, None, None]).flatten(1, 2))
         seg, rec = self.segmenter(d), torch.tanh(self.reconstructor(d))

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .core import EmdError, Params, log, package_info, param, resolve_device, tf32_matmul, write_json
+from .core import EmdError, Params, command, log, package_info, param, resolve_device, tf32_matmul, write_json
 
 # %% ../nbs/61_bench.ipynb #9236e7b4
 @dataclass
@@ -95,7 +95,7 @@ def bench_train(store, models, device, steps: int = 4, batch_size: int = 8, seed
     from emd.train import DetectorTrainConfig
     from emd.train_speed import training_throughput
     rows = []
-    from emd.models import create_model
+    from emd.registry import create_model
     for m in tqdm(models, desc='training speed', unit='model'):
         cfg = DetectorTrainConfig.from_profile('smoke', model=m, data=store, methods=('Face2Face',),
                                                compression=('c23', 'c40'), batch_size=batch_size, workers=1,
@@ -123,8 +123,8 @@ def bench_train(store, models, device, steps: int = 4, batch_size: int = 8, seed
 def bench_detect(video, store, work: Path, device) -> dict:
     "`emd detect` on one video with a smoke-sized EMD (random weights: speed only): frames/s and seconds per stage."
     from emd.detect import Analyser, DetectConfig, detect_file
-    from emd.models import create_model
-    from emd.train import save_detector
+    from emd.registry import create_model
+    from emd.registry import save_detector
     torch.manual_seed(0)
     model = create_model('emd', encoder='tu-xception41', width=.25, decoder_channels=64)
     save_detector(model, work / 'emd-random' / 'best', size=128)
@@ -161,7 +161,7 @@ def step_flops(model, batch, device, fmt, amp: torch.dtype | None) -> int:
 
 def _gpu_variant(name, batch, device, amp, channels_last: bool, compile: bool, steps: int, peak: float) -> dict:
     "One variant of `bench_gpu`: EMD's training step timed and its FLOPs counted; an error is reported, not raised."
-    from emd.models import create_model
+    from emd.registry import create_model
     from emd.train import set_phase, train_mode, train_step, trainable_parameters
     torch.manual_seed(0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -205,7 +205,7 @@ def bench_gpu(store, device, steps: int = 20, batch_size: int = 16, size: int = 
 def bench(cfg: BenchConfig) -> dict:
     "Run the benchmark as `cfg` says; writes OUT/bench-DEVICE.json and .md and returns the results."
     import shutil
-    from emd.models import list_models
+    from emd.registry import list_models
     device = resolve_device(cfg.device)
     if 'gpu' in cfg.parts and device.type != 'cuda':
         log.info("no GPU here: the GPU variants are skipped")
@@ -302,17 +302,9 @@ def write_bench(res: dict, out) -> Path:
     (out / f'bench-{dev}.md').write_text('\n'.join(md) + '\n')
     return out / f'bench-{dev}.md'
 
-def bench_cli(argv=None, prog='emd bench'):
-    "Entry point of `emd bench`."
-    import argparse
-    p = argparse.ArgumentParser(
-        prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Measure preparation, training and inference speed (and memory) on this machine, on synthetic "
-                    "videos written first; writes OUT/bench-DEVICE.json and .md. About 8 minutes on 2 CPU cores.",
-        epilog="examples:\n  emd bench                          # CPU (or the GPU if there is one), into figures/\n"
-               "  emd bench --device cuda            # adds float32 / TF32 / bf16 / channels-last / compile variants and TFLOP/s\n"
-               "  emd bench --parts detect --out /tmp/b")
-    BenchConfig.add_arguments(p)
-    a = p.parse_args(argv)
-    bench(BenchConfig.from_args(a))
-    return 0
+@command(BenchConfig, 'emd bench', "Measure preparation, training and inference speed (and memory) on this machine, on "
+         "synthetic videos written first; writes OUT/bench-DEVICE.json and .md. About 8 minutes on 2 CPU cores.",
+         "examples:\n  emd bench                          # CPU (or the GPU if there is one), into figures/\n"
+         "  emd bench --device cuda            # adds float32 / TF32 / bf16 / channels-last / compile variants and TFLOP/s\n"
+         "  emd bench --parts detect --out /tmp/b")
+def bench_cli(cfg: BenchConfig): bench(cfg)

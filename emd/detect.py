@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .core import EmdError, Params, log, param, resolve_device, write_json
+from .core import EmdError, Params, command, is_manipulated, log, param, resolve_device, write_json
 from .data.faces import crop, crop_box, detect_face
 from .data.ffpp import sample_frames
 
@@ -29,7 +29,7 @@ IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.webp')
 @dataclass
 class DetectConfig(Params):
     "Parameters of one `emd detect` run."
-    input: Path | None = param(None, 'a video, an image, or a folder of them', cli=False)
+    input: Path | None = param(None, 'a video, an image, or a folder of them', positional=True)
     weights: Path | None = param(None, 'the detector: a run folder of emd train detector (its best epoch), its best/ '
                                        'folder, or a model.safetensors with its model.json', metavar='RUN')
     out: Path | None = param(None, 'output folder (default: INPUT-emd beside the input)', metavar='DIR')
@@ -110,7 +110,7 @@ def inputs_of(path) -> list:
 class Analyser:
     "A trained detector applied to BGR face crops, with per-stage timing."
     def __init__(self, weights, device='auto'):
-        from emd.train import load_detector
+        from emd.registry import load_detector
         self.device = resolve_device(device)
         self.model = load_detector(weights, self.device)
         meta = self.model.meta
@@ -212,7 +212,7 @@ def detect_file(path, analyser: Analyser, cfg: DetectConfig, out=None) -> dict:
     sec.update(fer=analyser.seconds['fer'] - fer0, detector=analyser.seconds['detector'] - det0)
     res = dict(input=str(path), model=analyser.name, frames=n_total, analysed=len(df), with_face=len(with_face),
                detected=int((df.face == 'detected').sum()), tracked=int((df.face == 'tracked').sum()),
-               score=score, fake=bool(score > cfg.threshold), threshold=cfg.threshold,
+               score=score, fake=bool(is_manipulated(score, cfg.threshold)), threshold=cfg.threshold,
                seconds=dict({k: round(v, 3) for k, v in sec.items()}, total=round(time.perf_counter() - t_start, 3)))
     res['frames_per_s'] = round(len(df) / max(res['seconds']['total'], 1e-9), 2)
     mk = [m for m in masks if m is not None]
@@ -232,7 +232,7 @@ def _draw(frame: np.ndarray, row, mask, threshold: float) -> np.ndarray:
     x, y, s = int(row.x), int(row.y), int(row.side)
     if mask is not None:
         img[y:y + s, x:x + s] = overlay_cam(img[y:y + s, x:x + s], mask / 255., alpha=.4)
-    colour = (0, 0, 255) if row.prob > threshold else (0, 200, 0)
+    colour = (0, 0, 255) if is_manipulated(row.prob, threshold) else (0, 200, 0)
     cv2.rectangle(img, (x, y), (x + s - 1, y + s - 1), colour, 2)
     cv2.putText(img, f'p(fake) {row.prob:.2f}', (x, max(y - 6, 16)), cv2.FONT_HERSHEY_SIMPLEX, .55, colour, 2, cv2.LINE_AA)
     return img
@@ -333,20 +333,13 @@ def detect(cfg: DetectConfig, progress: bool = True) -> pd.DataFrame:
         out.mkdir(parents=True, exist_ok=True); table.to_csv(out / 'summary.csv', index=False)
     return table
 
-def detect_cli(argv=None, prog='emd detect'):
-    "Entry point of `emd detect`."
-    import argparse
-    p = argparse.ArgumentParser(
-        prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Say whether the faces in a video (or image) are manipulated, frame by frame, and where: face "
-                    "detection and tracking, FF++'s crop, the detector's probability and mask, the FER's CAM. Writes "
-                    "frames.csv, result.json, maps.npz, overlay.mp4 and summary.png.",
-        epilog="examples:\n"
-               "  emd detect clip.mp4 --weights runs/reproduce-smoke/runs/emd/pooled\n"
-               "  emd detect clip.mp4 --weights RUN --frames 32 --detect-every 1   # as emd prepare samples test videos\n"
-               "  emd detect folder/ --weights RUN --out results/                    # every video and image in folder/")
-    p.add_argument('input', type=Path, help='a video, an image, or a folder of them')
-    DetectConfig.add_arguments(p)
-    a = p.parse_args(argv)
-    table = detect(DetectConfig.from_args(a))
+@command(DetectConfig, 'emd detect', "Say whether the faces in a video (or image) are manipulated, frame by frame, and "
+         "where: face detection and tracking, FF++'s crop, the detector's probability and mask, the FER's CAM. Writes "
+         "frames.csv, result.json, maps.npz, overlay.mp4 and summary.png.",
+         "examples:\n"
+         "  emd detect clip.mp4 --weights runs/reproduce-smoke/runs/emd/pooled\n"
+         "  emd detect clip.mp4 --weights RUN --frames 32 --detect-every 1   # as emd prepare samples test videos\n"
+         "  emd detect folder/ --weights RUN --out results/                    # every video and image in folder/")
+def detect_cli(cfg: DetectConfig):
+    table = detect(cfg)
     return 1 if (table.error != '').any() else 0

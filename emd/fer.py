@@ -222,7 +222,8 @@ def load_fer(path) -> nn.Module:
     path = Path(path)
     if not path.exists(): raise EmdError(f"FER weights {path} do not exist")
     if path.is_dir() and (path / ESR_BASE_FILE).is_file(): return load_esr9(path)
-    for cand in ([path] if path.is_file() else [path / 'fer.safetensors', path / 'best' / 'fer.safetensors']):
+    from emd.runs import Run
+    for cand in ([path] if path.is_file() else [path / 'fer.safetensors', Run(path).best / 'fer.safetensors']):
         if cand.is_file() and cand.suffix == '.safetensors':
             cfg_path = cand.with_suffix('.json')
             if not cfg_path.is_file(): raise EmdError(f"{cand} has no {cfg_path.name} beside it describing the architecture")

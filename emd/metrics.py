@@ -12,14 +12,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .core import EmdError
+from .core import EmdError, is_manipulated
 
 # %% ../nbs/40_metrics.ipynb #8d19bfed
 def frame_accuracy(prob, label, threshold: float = .5) -> float:
     "Share of frames whose probability is on the right side of `threshold` (p >= threshold: fake)."
     prob, label = np.asarray(prob, float), np.asarray(label) > .5
     if not len(prob): return float('nan')
-    return float(((prob >= threshold) == label).mean())
+    return float((is_manipulated(prob, threshold) == label).mean())
 
 def equal_error_rate(fpr, tpr) -> float:
     "The error rate where FPR = FNR on a ROC curve, interpolated linearly between its points."

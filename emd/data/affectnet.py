@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from ..core import EmdError, Params, log, param, run_parallel, write_json
+from ..core import EmdError, Params, command, log, param, run_parallel, write_json
 from .store import FrameStore, Outcome, save_image
 
 # %% ../../nbs/13_data_affectnet.ipynb #b1718a9c
@@ -182,16 +182,12 @@ def prepare_affectnet(cfg: AffectNetConfig) -> dict:
     return summary
 
 # %% ../../nbs/13_data_affectnet.ipynb #bb425931
-def affectnet_cli(argv=None, prog='emd prepare affectnet'):
-    "Entry point of `emd prepare affectnet`."
-    import argparse
-    p = argparse.ArgumentParser(prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                description="Prepare AffectNet (or SynthForensics' AffectNet layout) for FER training: "
-                                            "crop the annotated faces of classes 0-7 into a resumable frame store.",
-                                epilog="examples:\n  emd prepare affectnet --root /data/AffectNet --out data/affectnet\n"
-                                       "  emd prepare affectnet --root data/synth --out data/synth-affectnet")
-    AffectNetConfig.add_arguments(p)
-    summary = prepare_affectnet(AffectNetConfig.from_args(p.parse_args(argv)))
+@command(AffectNetConfig, 'emd prepare affectnet', "Prepare AffectNet (or SynthForensics' AffectNet layout) for FER "
+         "training: crop the annotated faces of classes 0-7 into a resumable frame store.",
+         "examples:\n  emd prepare affectnet --root /data/AffectNet --out data/affectnet\n"
+         "  emd prepare affectnet --root data/synth --out data/synth-affectnet")
+def affectnet_cli(cfg: AffectNetConfig):
+    summary = prepare_affectnet(cfg)
     print(json.dumps(dict(counts=summary['counts'], images=summary['images'], excluded=summary['excluded'],
                           seconds=summary['seconds'])))
     return 1 if summary['counts']['failed'] else 0

@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['FER_SIZE', 'normalize', 'fer_input', 'detection_transform', 'DetectionDataset', 'expression_transform',
-           'ExpressionDataset']
+           'ExpressionDataset', 'video_subset', 'detection_data', 'train_loader', 'eval_loader']
 
 # %% ../../nbs/14_data_datasets.ipynb #11ed0b14
 import copy
@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, Subset, WeightedRandomSampler
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from ..core import EmdError
+from ..core import EmdError, rng_for
 from .store import FrameStore
 
 # %% ../../nbs/14_data_datasets.ipynb #4f904d61
@@ -130,3 +130,44 @@ class ExpressionDataset(Dataset):
         w = 1 / np.maximum(counts[self._label], 1)
         return WeightedRandomSampler(torch.as_tensor(w, dtype=torch.double), num_samples or len(w), replacement=True,
                                      generator=generator)
+
+# %% ../../nbs/14_data_datasets.ipynb #6b177d99
+def video_subset(rows: pd.DataFrame, n: int, seed: int) -> np.ndarray:
+    "Row indices of `n` seeded target videos (real `A`, fakes `A_B`) and all their frames; all rows when n is 0."
+    if n <= 0: return np.arange(len(rows))
+    target = rows.video.astype(str).str.split('_').str[0]
+    ids = np.array(sorted(target.unique()))
+    if n > len(ids): raise EmdError(f"--train-videos {n}: the training split has only {len(ids)} target videos")
+    keep = set(rng_for(seed, 'train-videos').permutation(ids)[:n])
+    return np.flatnonzero(target.isin(keep).to_numpy())
+
+# %% ../../nbs/14_data_datasets.ipynb #f5e80fcb
+def detection_data(cfg, split: str, train: bool = False):
+    "The `DetectionDataset` of `split` for this run (the training subset of Fig. 6 for the training split)."
+    ds = DetectionDataset(cfg.data, split, methods=cfg.methods, compressions=cfg.compression, size=cfg.size,
+                          augment=cfg.augment and train)
+    if train and cfg.train_videos: ds = ds.subset(video_subset(ds.rows, cfg.train_videos, cfg.seed))
+    return ds
+
+# %% ../../nbs/14_data_datasets.ipynb #5b07f86d
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(rng_for(seed, 'detector-epoch', epoch).integers(2 ** 62)))
+
+def train_loader(ds, cfg, epoch: int, dd):
+    g = _epoch_generator(cfg.seed, epoch)
+    if dd.world > 1:
+        sampler = torch.utils.data.DistributedSampler(ds, dd.world, dd.rank, shuffle=True, seed=cfg.seed, drop_last=True)
+        sampler.set_epoch(epoch)
+    elif cfg.balanced:
+        sampler = ds.sampler(generator=g)
+    else:
+        sampler = torch.utils.data.RandomSampler(ds, generator=g)
+    return DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, drop_last=len(ds) >= 2 * cfg.batch_size,
+                      num_workers=cfg.workers, generator=g, pin_memory=dd.device.type == 'cuda',
+                      persistent_workers=False, prefetch_factor=4 if cfg.workers else None)
+
+# %% ../../nbs/14_data_datasets.ipynb #cdafbf12
+def eval_loader(ds, cfg, dd, shard: bool = True):
+    part = Subset(ds, range(dd.rank, len(ds), dd.world)) if (shard and dd.world > 1) else ds
+    return DataLoader(part, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers,
+                      pin_memory=dd.device.type == 'cuda')

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core import EmdError, Params, log, param, run_parallel, write_json
+from ..core import EmdError, Params, command, log, param, run_parallel, write_json
 from .faces import crop, crop_box, crop_mask, detect_face, fill_missing
 from .store import FrameStore, Outcome, save_image
 from ..video import probe, read_frames
@@ -284,17 +284,12 @@ def prepare_ffpp(cfg: FFppConfig, targets: list | None = None) -> dict:
     return summary
 
 # %% ../../nbs/12_data_ffpp.ipynb #a09c58b4
-def ffpp_cli(argv=None, prog='emd prepare ffpp'):
-    "Entry point of `emd prepare ffpp`."
-    import argparse
-    p = argparse.ArgumentParser(prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                description="Prepare FaceForensics++ (or SynthForensics) for training: sample frames, "
-                                            "detect and crop faces and masks, write a resumable frame store.",
-                                epilog="examples:\n  emd prepare ffpp --root /data/FaceForensics++ --out data/ffpp\n"
-                                       "  emd prepare ffpp --root data/synth --out data/synth-store\n"
-                                       "  emd prepare ffpp --root /data/FF++ --out data/ff-c23 --compression c23 "
-                                       "--methods Face2Face --limit 10")
-    FFppConfig.add_arguments(p)
-    summary = prepare_ffpp(FFppConfig.from_args(p.parse_args(argv)))
+@command(FFppConfig, 'emd prepare ffpp', "Prepare FaceForensics++ (or SynthForensics) for training: sample frames, "
+         "detect and crop faces and masks, write a resumable frame store.",
+         "examples:\n  emd prepare ffpp --root /data/FaceForensics++ --out data/ffpp\n"
+         "  emd prepare ffpp --root data/synth --out data/synth-store\n"
+         "  emd prepare ffpp --root /data/FF++ --out data/ff-c23 --compression c23 --methods Face2Face --limit 10")
+def ffpp_cli(cfg: FFppConfig):
+    summary = prepare_ffpp(cfg)
     print(json.dumps(dict(counts=summary['counts'], frames=summary['frames'], seconds=summary['seconds'])))
     return 1 if summary['counts']['failed'] else 0

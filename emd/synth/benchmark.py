@@ -20,8 +20,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..core import EmdError, Params, log, output_dir, package_info, param, rng_for, run_parallel, write_json
-from .faces import EXPRESSIONS, Expression, Identity, Light, Pose, background, expression, render
+from ..core import EmdError, Params, command, log, output_dir, package_info, param, rng_for, run_parallel, write_json
+from .faces import EXPRESSIONS, Expression, Identity, Light, Pose, expression
+from .render import background, render
 from .videos import MANIPULATIONS, make_script, manipulate, render_video
 from ..video import CRF, write_video
 
@@ -368,13 +369,8 @@ examples:
   emd synth --profile smoke --out data/synth-640 --width 640 --height 480 --face-scale .1 .16
 """
 
-def synth_cli(argv=None, prog='emd synth'):
-    "Entry point of `emd synth`."
-    import argparse
-    p = argparse.ArgumentParser(prog=prog, description=SYNTH_HELP[0].upper() + SYNTH_HELP[1:] + '. ' + NOTICE,
-                                epilog=SYNTH_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    SynthConfig.add_arguments(p)
-    cfg = SynthConfig.from_args(p.parse_args(argv))
+@command(SynthConfig, 'emd synth', SYNTH_HELP[0].upper() + SYNTH_HELP[1:] + '. ' + NOTICE, SYNTH_EPILOG)
+def synth_cli(cfg: SynthConfig):
     meta = synthesize(cfg)
     print(json.dumps(dict(out=str(cfg.out), seconds=meta['seconds'], counts=meta['counts'])))
     return 0

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .faces import (EXPRESSIONS, MOUTH_CONTROLS, Expression, Identity, Light, Pose, background, expression,
-                             identity_texture, render)
+from .faces import EXPRESSIONS, MOUTH_CONTROLS, Expression, Identity, Light, Pose, expression
+from .render import background, identity_texture, render
 
 # %% ../../nbs/03_synth_videos.ipynb #b76ca2c7
 @dataclass
