@@ -23,6 +23,7 @@ def to_unit(x: torch.Tensor) -> torch.Tensor:
     "Detector crops (RGB, mean/std 0.5) -> RGB in [0, 1]."
     return x * .5 + .5
 
+# %% ../nbs/33_baselines.ipynb #3b3d3ba1
 def resize_to(x: torch.Tensor, size: int) -> torch.Tensor:
     "Bilinear resize to size x size (no-op when already there)."
     return x if x.shape[-1] == size and x.shape[-2] == size else F.interpolate(x, (size, size), mode='bilinear', align_corners=False)
@@ -46,6 +47,7 @@ class XceptionFFpp(nn.Module):
         "FF++'s warm-up trains the new classifier only."
         return list(self.net.get_classifier().parameters())
 
+# %% ../nbs/33_baselines.ipynb #dadf5b50
 @register_model('xception', "XceptionNet (FF++'s classifier): Cadene-layout Xception, 299 x 299", segments=False,
                 tables='II', recipe=dict(lr=2e-4, batch_size=32, epochs_phase1=3, epochs=15),
                 profiles=dict(smoke=dict(input_size=128)))
@@ -85,6 +87,7 @@ class Meso4(_MesoBase):
             x = F.max_pool2d(getattr(self, f'bn{i}')(F.relu(getattr(self, f'conv{i}')(x))), pool)
         return DetectorOutput(self.head(x), None)
 
+# %% ../nbs/33_baselines.ipynb #9422cd5c
 class InceptionLayer(nn.Module):
     "MesoInception's block: 1x1 | 1x1-3x3 | 1x1-3x3 dilation 2 | 1x1-3x3 dilation 3, each with ReLU, concatenated."
     def __init__(self, cin, a, b, c, d):
@@ -99,6 +102,7 @@ class InceptionLayer(nn.Module):
         r = F.relu
         return torch.cat([r(self.a(x)), r(self.b2(r(self.b1(x)))), r(self.c2(r(self.c1(x)))), r(self.d2(r(self.d1(x))))], 1)
 
+# %% ../nbs/33_baselines.ipynb #d5d0cc00
 class MesoInception4(_MesoBase):
     "MesoInception-4 (Afchar et al., 2018): Table II's MesoNet."
     def __init__(self):
@@ -117,6 +121,7 @@ class MesoInception4(_MesoBase):
         x = F.max_pool2d(self.bn4(F.relu(self.conv4(x))), 4)
         return DetectorOutput(self.head(x), None)
 
+# %% ../nbs/33_baselines.ipynb #aab64507
 MESO_RECIPE = dict(lr=1e-3, batch_size=75)
 MESO_SMOKE = dict(smoke=dict(precise_bn=10))   # Keras's BN momentum trails a few hundred steps behind: see emd.train
 
@@ -124,6 +129,7 @@ MESO_SMOKE = dict(smoke=dict(precise_bn=10))   # Keras's BN momentum trails a fe
                 profiles=MESO_SMOKE)
 def mesonet4(): return Meso4()
 
+# %% ../nbs/33_baselines.ipynb #aaab6a91
 @register_model('mesoinception4', "MesoInception-4: Table II's MesoNet, 256 x 256, MSE loss", segments=False, tables='II',
                 recipe=MESO_RECIPE, profiles=MESO_SMOKE)
 def mesoinception4(): return MesoInception4()
@@ -144,6 +150,7 @@ class ConstrainedConv2d(nn.Conv2d):
         w.div_(torch.where(s.abs() < 1e-8, torch.ones_like(s), s))
         w[:, :, c, c] = -1
 
+# %% ../nbs/33_baselines.ipynb #490cf0a6
 class BayarStamm(nn.Module):
     "Bayar and Stamm's constrained CNN (layer sizes partly reconstructed: see the notebook)."
     def __init__(self, input_size: int = 256):
@@ -167,6 +174,7 @@ class BayarStamm(nn.Module):
         "Re-impose the constraint after an optimiser step."
         self.constrained.constrain()
 
+# %% ../nbs/33_baselines.ipynb #de19afe6
 @register_model('bayar_stamm', 'Bayar and Stamm: constrained convolution CNN (partly reconstructed)', segments=False,
                 tables='II', profiles=dict(smoke=dict(input_size=128)))
 def bayar_stamm(input_size: int = 256): return BayarStamm(input_size)
@@ -189,6 +197,7 @@ class Rahmouni(nn.Module):
         stats = torch.cat([f.mean(-1), f.amin(-1), f.amax(-1), f.var(-1, unbiased=False)], 1)
         return DetectorOutput(self.fc2(self.drop(F.relu(self.fc1(stats))))[:, 0], None)
 
+# %% ../nbs/33_baselines.ipynb #2cfba3bd
 @register_model('rahmouni', 'Rahmouni et al.: statistics-pooling CNN (green channel)', segments=False, tables='II',
                 recipe=dict(lr=1e-4, batch_size=50))
 def rahmouni(input_size: int = 0): return Rahmouni(input_size=input_size)
@@ -255,6 +264,7 @@ class MultiTask(FerStream, nn.Module):
         l_rec = F.mse_loss(e['reconstruction'].float(), e['target'].float())
         return l_act + l_seg + l_rec, dict(act=l_act.detach(), seg=l_seg.detach(), rec=l_rec.detach())
 
+# %% ../nbs/33_baselines.ipynb #3de9038a
 MULTITASK_RECIPE = dict(lr=1e-3, weight_decay=5e-4, eps=1e-7, batch_size=64, epochs_phase1=0, epochs=100)
 MULTITASK_SMOKE = dict(smoke=dict(input_size=128))
 
@@ -262,11 +272,13 @@ MULTITASK_SMOKE = dict(smoke=dict(input_size=128))
                 segments=True, tables='II IV', recipe=MULTITASK_RECIPE, profiles=MULTITASK_SMOKE)
 def multitask(input_size: int = 256): return MultiTask(None, input_size)
 
+# %% ../nbs/33_baselines.ipynb #fc5789d3
 @register_model('multitask_ensfer', 'MultiTask + EnsFER: MultiTask with the selected ESR-9 map in its latent',
                 segments=True, fer='esr', tables='II III IV V', recipe=MULTITASK_RECIPE,
                 profiles=MULTITASK_SMOKE)
 def multitask_ensfer(fer=None, input_size: int = 256): return MultiTask(frozen_fer(fer, 'esr'), input_size)
 
+# %% ../nbs/33_baselines.ipynb #4081d6a5
 @register_model('multitask_simfer', 'MultiTask + SimFER: MultiTask with the SimFER map in its latent',
                 segments=True, fer='simfer', tables='V', recipe=MULTITASK_RECIPE,
                 profiles=MULTITASK_SMOKE)
@@ -280,17 +292,20 @@ def grey_255(x: torch.Tensor) -> torch.Tensor:
     w = torch.tensor([.299, .587, .114], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     return (to_unit(x) * w).sum(1, keepdim=True) * 255
 
+# %% ../nbs/33_baselines.ipynb #76ffe692
 def centre_crop(x: torch.Tensor, size: int) -> torch.Tensor:
     "The central size x size pixels (the whole image when it is smaller)."
     h, w = x.shape[-2:]
     t, l = max(0, (h - size) // 2), max(0, (w - size) // 2)
     return x[..., t:t + min(size, h), l:l + min(size, w)]
 
+# %% ../nbs/33_baselines.ipynb #df08a2f8
 def residuals(grey: torch.Tensor) -> tuple:
     "Third-order residuals along rows (B x 1 x H x W-3) and columns (B x 1 x H-3 x W)."
     k = torch.tensor(RESIDUAL_KERNEL, device=grey.device, dtype=grey.dtype)
     return F.conv2d(grey, k.view(1, 1, 1, 4)), F.conv2d(grey, k.view(1, 1, 4, 1))
 
+# %% ../nbs/33_baselines.ipynb #c46e638d
 def cooccurrence(levels: torch.Tensor, dim: int, n_levels: int = 3) -> torch.Tensor:
     "Normalised histogram (B x n_levels^4) of the codes of 4 consecutive levels (0..n_levels-1) along `dim` (-1 rows, -2 columns)."
     n = levels.shape[dim]
@@ -298,6 +313,7 @@ def cooccurrence(levels: torch.Tensor, dim: int, n_levels: int = 3) -> torch.Ten
     hist = torch.zeros(code.shape[0], n_levels ** 4, device=code.device).scatter_add_(1, code, torch.ones_like(code, dtype=torch.float))
     return hist / code.shape[1]
 
+# %% ../nbs/33_baselines.ipynb #10cca8aa
 def steg_features(grey: torch.Tensor, q: float = 1.) -> torch.Tensor:
     "The 162-long steganalysis descriptor of grey images (B x 1 x H x W in [0, 255])."
     rh, rv = (torch.clamp(torch.round(r / (3 * q)), -1, 1) + 1 for r in residuals(grey.float()))
@@ -305,6 +321,7 @@ def steg_features(grey: torch.Tensor, q: float = 1.) -> torch.Tensor:
     b = cooccurrence(rh, -1) + cooccurrence(rv, -2)
     return torch.cat([a, b], 1) / 4
 
+# %% ../nbs/33_baselines.ipynb #dc8efc6d
 class StegSVM(nn.Module):
     "Steganalysis features + linear SVM (fitted by `fit`, stored as one linear layer)."
     def __init__(self, input_size: int = 128, q: float = 1., C: float = 1.):
@@ -333,6 +350,7 @@ class StegSVM(nn.Module):
         self.weight.copy_(torch.as_tensor(w)); self.bias.fill_(float(svm.intercept_[0] - (w * mu).sum()))
         return self
 
+# %% ../nbs/33_baselines.ipynb #0ea8aa37
 @register_model('steg_svm', 'Steg. Features + SVM: 162 co-occurrence features of residuals, linear SVM (reconstructed)',
                 segments=False, tables='II')
 def steg_svm(input_size: int = 128, q: float = 1., C: float = 1.): return StegSVM(input_size, q, C)
@@ -364,6 +382,7 @@ class SoftCooccurrence(nn.Module):
         levels = torch.cat([pm[:, :1], F.relu(1 - pm.sum(1, keepdim=True)), pm[:, 1:]], 1)
         return (F.relu(self.rows(levels)).mean((2, 3)), F.relu(self.cols(levels)).mean((2, 3)))
 
+# %% ../nbs/33_baselines.ipynb #e3e17a9e
 class Cozzolino(nn.Module):
     "Cozzolino et al.'s residual co-occurrence descriptor as a CNN (reconstructed), fine-tuned end to end."
     def __init__(self, input_size: int = 128, q: float = 1., sharpness: float = 10.):
@@ -388,6 +407,7 @@ class Cozzolino(nn.Module):
         "Phase 1 trains the classifier on the fixed descriptor (the SVM's place)."
         return list(self.fc.parameters())
 
+# %% ../nbs/33_baselines.ipynb #9e322c41
 @register_model('cozzolino', 'Cozzolino et al.: the steganalysis descriptor recast as a CNN and fine-tuned (reconstructed)',
                 segments=False, tables='II', recipe=dict(epochs_phase1=3, lr=1e-4),
                 profiles=dict(smoke=dict(epochs_phase1=2, lr=1e-3)))

@@ -89,6 +89,7 @@ def bench_store(root, work: Path) -> Path:
     prepare_ffpp(cfg)
     return cfg.out
 
+# %% ../nbs/61_bench.ipynb #7c2d5862
 def bench_train(store, models, device, steps: int = 4, batch_size: int = 8, seed: int = 0) -> list:
     "Training images/s of each model (smoke profile sizes), end to end and alone; a row per model."
     from tqdm.auto import tqdm
@@ -150,6 +151,7 @@ def matmul_peak(device, dtype=torch.bfloat16, n: int = 8192, reps: int = 20) -> 
     torch.cuda.synchronize(device)
     return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e12
 
+# %% ../nbs/61_bench.ipynb #029daacd
 def step_flops(model, batch, device, fmt, amp: torch.dtype | None) -> int:
     "FLOPs of one training step (forward + backward) counted by FlopCounterMode."
     from torch.utils.flop_counter import FlopCounterMode
@@ -159,6 +161,7 @@ def step_flops(model, batch, device, fmt, amp: torch.dtype | None) -> int:
         train_step(model, model, opt, batch, device, fmt, amp)
     return int(fc.get_total_flops())
 
+# %% ../nbs/61_bench.ipynb #d020bb18
 def _gpu_variant(name, batch, device, amp, channels_last: bool, compile: bool, steps: int, peak: float) -> dict:
     "One variant of `bench_gpu`: EMD's training step timed and its FLOPs counted; an error is reported, not raised."
     from emd.registry import create_model
@@ -302,6 +305,7 @@ def write_bench(res: dict, out) -> Path:
     (out / f'bench-{dev}.md').write_text('\n'.join(md) + '\n')
     return out / f'bench-{dev}.md'
 
+# %% ../nbs/61_bench.ipynb #4567e24c
 @command(BenchConfig, 'emd bench', "Measure preparation, training and inference speed (and memory) on this machine, on "
          "synthetic videos written first; writes OUT/bench-DEVICE.json and .md. About 8 minutes on 2 CPU cores.",
          "examples:\n  emd bench                          # CPU (or the GPU if there is one), into figures/\n"

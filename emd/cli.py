@@ -28,6 +28,7 @@ COMMANDS = {
     'bench': ('emd.bench', 'bench_cli', 'time preparation, training and inference on this machine (JSON + Markdown)'),
 }
 
+# %% ../nbs/90_cli.ipynb #30b5be16
 USAGE = """usage: emd [-h] [--version] COMMAND [options]
 
 EMD: detection and localization of facial expression manipulations (Mazaheri and Roy-Chowdhury),
@@ -51,6 +52,7 @@ def _usage(group=None):
     width = max(len(n.strip()) for n, _ in names)
     return USAGE.format(commands='\n'.join(f'  {n.strip():{width}s}  {h}' for n, h in names))
 
+# %% ../nbs/90_cli.ipynb #d82eba83
 def main(argv=None) -> int:
     "Run `emd COMMAND ...`; returns the exit status."
     argv = list(sys.argv[1:] if argv is None else argv)

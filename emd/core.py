@@ -28,6 +28,7 @@ from dataclasses import field, fields
 from pathlib import Path
 
 import numpy as np
+from fastcore.basics import patch
 
 # %% ../nbs/00_core.ipynb #f97e2a1d
 class EmdError(Exception):
@@ -123,57 +124,61 @@ class Params:
         "A copy with some parameters changed."
         return dataclasses.replace(self, **kw)
 
-    def to_dict(self) -> dict:
-        "Plain JSON-friendly values."
-        def conv(v):
-            if isinstance(v, Path): return str(v)
-            if isinstance(v, tuple): return [conv(x) for x in v]
-            return v
-        return {f.name: conv(getattr(self, f.name)) for f in fields(self)}
+# %% ../nbs/00_core.ipynb #fb6dce8d
+@patch
+def to_dict(self: Params) -> dict:
+    "Plain JSON-friendly values."
+    def conv(v):
+        if isinstance(v, Path): return str(v)
+        if isinstance(v, tuple): return [conv(x) for x in v]
+        return v
+    return {f.name: conv(getattr(self, f.name)) for f in fields(self)}
 
-    @classmethod
-    def from_dict(cls, d: dict):
-        hints = typing.get_type_hints(cls)
-        return cls(**{k: _coerce(hints[k], v) for k, v in d.items() if k in hints})
+@patch(cls_method=True)
+def from_dict(cls: Params, d: dict):
+    hints = typing.get_type_hints(cls)
+    return cls(**{k: _coerce(hints[k], v) for k, v in d.items() if k in hints})
 
-    def save(self, path):
-        "Write the parameters as JSON (atomically)."
-        write_json(path, self.to_dict())
+@patch
+def save(self: Params, path):
+    "Write the parameters as JSON (atomically)."
+    write_json(path, self.to_dict())
 
-    @classmethod
-    def load(cls, path):
-        return cls.from_dict(json.loads(Path(path).read_text()))
+@patch(cls_method=True)
+def load(cls: Params, path):
+    return cls.from_dict(json.loads(Path(path).read_text()))
 
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser, skip=()):
-        "Add one `--option` per field; defaults stay `None` so that profiles can fill them."
-        hints = typing.get_type_hints(cls)
-        for f in fields(cls):
-            md = f.metadata
-            if f.name in skip or not md.get('cli', True) or 'help' not in md: continue
-            tp = _unwrap_optional(hints[f.name])
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            kw = dict(dest=f.name, default=None, help=f"{md['help']} (default: {_fmt_default(cls, f.name, default)})")
-            if md.get('choices'): kw['choices'] = md['choices']
-            if md.get('metavar'): kw['metavar'] = md['metavar']
-            if tp is bool:
-                kw['action'] = argparse.BooleanOptionalAction
-            elif typing.get_origin(tp) is tuple:
-                args = typing.get_args(tp)
-                kw['nargs'] = '+' if (len(args) == 2 and args[1] is Ellipsis) else len(args)
-                kw['type'] = args[0] if args[0] in (int, float) else str
-            else:
-                kw['type'] = tp if tp in (int, float) else str
-            if md.get('positional'): parser.add_argument(f.name, type=tp if tp in (int, float, Path) else str, help=md['help'])
-            else: parser.add_argument('--' + f.name.replace('_', '-'), **kw)
-        return parser
+# %% ../nbs/00_core.ipynb #7bdaa8d1
+@patch(cls_method=True)
+def add_arguments(cls: Params, parser: argparse.ArgumentParser, skip=()):
+    "Add one `--option` per field; defaults stay `None` so that profiles can fill them."
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        md = f.metadata
+        if f.name in skip or not md.get('cli', True) or 'help' not in md: continue
+        tp = _unwrap_optional(hints[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        kw = dict(dest=f.name, default=None, help=f"{md['help']} (default: {_fmt_default(cls, f.name, default)})")
+        if md.get('choices'): kw['choices'] = md['choices']
+        if md.get('metavar'): kw['metavar'] = md['metavar']
+        if tp is bool:
+            kw['action'] = argparse.BooleanOptionalAction
+        elif typing.get_origin(tp) is tuple:
+            args = typing.get_args(tp)
+            kw['nargs'] = '+' if (len(args) == 2 and args[1] is Ellipsis) else len(args)
+            kw['type'] = args[0] if args[0] in (int, float) else str
+        else:
+            kw['type'] = tp if tp in (int, float) else str
+        if md.get('positional'): parser.add_argument(f.name, type=tp if tp in (int, float, Path) else str, help=md['help'])
+        else: parser.add_argument('--' + f.name.replace('_', '-'), **kw)
+    return parser
 
-    @classmethod
-    def from_args(cls, ns: argparse.Namespace):
-        "Build from parsed arguments: profile (if any) plus the options given."
-        given = {f.name: getattr(ns, f.name) for f in fields(cls) if getattr(ns, f.name, None) is not None}
-        profile = given.pop('profile', None)
-        return cls.from_profile(profile, **given)
+@patch(cls_method=True)
+def from_args(cls: Params, ns: argparse.Namespace):
+    "Build from parsed arguments: profile (if any) plus the options given."
+    given = {f.name: getattr(ns, f.name) for f in fields(cls) if getattr(ns, f.name, None) is not None}
+    profile = given.pop('profile', None)
+    return cls.from_profile(profile, **given)
 
 def _fmt_default(cls, name, default):
     "Help-text default, listing the profile values where they differ."

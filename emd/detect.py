@@ -79,6 +79,7 @@ def frame_count(path) -> int:
     if path.suffix.lower() in IMAGE_SUFFIXES: return 1
     return probe(path).frames
 
+# %% ../nbs/60_detect.ipynb #23103047
 def frames_of(path, k: int = 0):
     "`(index, BGR frame)` of the analysed frames of a video (all, or `k` evenly spaced) or of an image."
     from emd.video import read_frames
@@ -90,6 +91,7 @@ def frames_of(path, k: int = 0):
         return
     yield from read_frames(path, sample_frames(frame_count(path), k) if k else None)   # probe only to sample
 
+# %% ../nbs/60_detect.ipynb #9d7a9435
 def frames_at(path, indices) -> list:
     "`(index, BGR frame)` of the given frames of a video (or the image)."
     from emd.video import read_frames
@@ -97,6 +99,7 @@ def frames_at(path, indices) -> list:
     if Path(path).suffix.lower() in IMAGE_SUFFIXES: return list(frames_of(path))
     return list(read_frames(path, sorted(indices)))
 
+# %% ../nbs/60_detect.ipynb #1c4ebfff
 def inputs_of(path) -> list:
     "The videos and images to analyse: the file itself, or those in a folder (sorted, not recursive)."
     path = Path(path)
@@ -159,6 +162,25 @@ def _batches(it, n):
         if len(buf) == n: yield buf; buf = []
     if buf: yield buf
 
+def _faces(frames, tracker, size: int, sec: dict):
+    "`(index, crop box, kind, crop)` of each analysed frame (box and crop None without a face); adds stage seconds to `sec`."
+    while True:
+        t0 = time.perf_counter()
+        try: i, f = next(frames)
+        except StopIteration: return
+        t1 = time.perf_counter()
+        box, kind = tracker(f)
+        t2 = time.perf_counter()
+        h, w = f.shape[:2]
+        c = None
+        if box is not None:
+            b = crop_box(box, w, h)
+            c = crop(f, b, size) if b[2] > 1 else None
+            if c is None: box, kind = None, 'none'
+        sec['decode'] += t1 - t0; sec['detect'] += t2 - t1; sec['crop'] += time.perf_counter() - t2
+        yield i, (b if c is not None else None), kind, c
+
+# %% ../nbs/60_detect.ipynb #e5baada6
 def detect_file(path, analyser: Analyser, cfg: DetectConfig, out=None) -> dict:
     "Analyse one video or image: the frame table, the video score and decision, maps and timings (files in `out`)."
     from tqdm.auto import tqdm
@@ -171,26 +193,9 @@ def detect_file(path, analyser: Analyser, cfg: DetectConfig, out=None) -> dict:
     n_total = frame_count(path)
     frames = frames_of(path, cfg.frames)
 
-    def faces():
-        while True:
-            t0 = time.perf_counter()
-            try: i, f = next(frames)
-            except StopIteration: return
-            t1 = time.perf_counter()
-            box, kind = tracker(f)
-            t2 = time.perf_counter()
-            h, w = f.shape[:2]
-            c = None
-            if box is not None:
-                b = crop_box(box, w, h)
-                c = crop(f, b, analyser.size) if b[2] > 1 else None
-                if c is None: box, kind = None, 'none'
-            sec['decode'] += t1 - t0; sec['detect'] += t2 - t1; sec['crop'] += time.perf_counter() - t2
-            yield i, (b if c is not None else None), kind, c
-
     n_want = len(sample_frames(n_total, cfg.frames)) if cfg.frames else n_total
     bar = tqdm(total=n_want, desc=path.name, unit='frame', leave=False)
-    for chunk in _batches(faces(), cfg.batch_size):
+    for chunk in _batches(_faces(frames, tracker, analyser.size, sec), cfg.batch_size):
         have = [k for k, (_, _, _, c) in enumerate(chunk) if c is not None]
         res = analyser([chunk[k][3] for k in have]) if have else None
         for k, (i, b, kind, c) in enumerate(chunk):
@@ -260,6 +265,7 @@ def write_overlay(path, df: pd.DataFrame, maps: dict, threshold: float, out) -> 
     write_video(out / 'overlay.mp4', frames(), crf=20, fps=int(round(fps)), preset='veryfast')
     return out / 'overlay.mp4'
 
+# %% ../nbs/60_detect.ipynb #21fb5fee
 def summary_figure(path, df: pd.DataFrame, res: dict, maps: dict, size: int, top: int = 4):
     "One page: the probability over the analysed frames, and the `top` most suspicious frames with mask and CAM."
     import matplotlib.pyplot as plt
@@ -291,6 +297,7 @@ def summary_figure(path, df: pd.DataFrame, res: dict, maps: dict, size: int, top
             a = fig.add_subplot(gs[1 + j, c]); a.imshow(im[..., ::-1]); a.set_title(t, fontsize=8); a.axis('off')
     return fig
 
+# %% ../nbs/60_detect.ipynb #f7263dce
 def write_outputs(path, df, res, maps, analyser: Analyser, cfg: DetectConfig, out):
     "frames.csv, result.json, maps.npz, overlay.mp4 (or .png) and summary.png in `out`."
     import matplotlib.pyplot as plt
@@ -308,6 +315,7 @@ def default_out(path) -> Path:
     path = Path(path)
     return path.with_name(f'{path.stem if path.is_file() else path.name}-emd')
 
+# %% ../nbs/60_detect.ipynb #cbdc6436
 def detect(cfg: DetectConfig, progress: bool = True) -> pd.DataFrame:
     "Run `emd detect`; a row per input file (score, decision, or the error)."
     from tqdm.auto import tqdm
@@ -333,6 +341,7 @@ def detect(cfg: DetectConfig, progress: bool = True) -> pd.DataFrame:
         out.mkdir(parents=True, exist_ok=True); table.to_csv(out / 'summary.csv', index=False)
     return table
 
+# %% ../nbs/60_detect.ipynb #d46c1d45
 @command(DetectConfig, 'emd detect', "Say whether the faces in a video (or image) are manipulated, frame by frame, and "
          "where: face detection and tracking, FF++'s crop, the detector's probability and mask, the FER's CAM. Writes "
          "frames.csv, result.json, maps.npz, overlay.mp4 and summary.png.",

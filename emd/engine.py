@@ -54,6 +54,46 @@ class Trainer:
     def before_epoch(self): pass
     def keep_best(self, ev): pass
 
+# %% ../nbs/06_engine.ipynb #5544fa12
+class Dist:
+    "The process group (or a single process): rank, world size, device, and sum-reductions."
+    def __init__(self, device_name: str = 'auto'):
+        self.world = int(os.environ.get('WORLD_SIZE', '1'))
+        self.rank = int(os.environ.get('RANK', '0'))
+        local = int(os.environ.get('LOCAL_RANK', '0'))
+        if self.world > 1:
+            use_cuda = torch.cuda.is_available() and device_name != 'cpu'
+            if use_cuda: torch.cuda.set_device(local)
+            if not dist.is_initialized(): dist.init_process_group('nccl' if use_cuda else 'gloo')
+            self.device = torch.device(f'cuda:{local}') if use_cuda else torch.device('cpu')
+        else:
+            self.device = resolve_device(device_name)
+
+    @property
+    def main(self) -> bool: return self.rank == 0
+
+    def sum(self, *values) -> list:
+        "Sum numbers over the processes."
+        if self.world == 1: return list(values)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def gather(self, obj) -> list:
+        if self.world == 1: return [obj]
+        out = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self):
+        if self.world > 1: dist.barrier()
+
+    def average_buffers(self, model: nn.Module):
+        "Average the floating-point buffers (batch-norm statistics) over the processes, so that every rank holds one model."
+        if self.world == 1: return
+        for b in model.buffers():
+            if b.is_floating_point(): dist.all_reduce(b); b.div_(self.world)
+
 # %% ../nbs/06_engine.ipynb #6590cbd4
 @patch
 def record(self: Trainer, figures: dict, ev: dict) -> dict:
@@ -105,43 +145,3 @@ def finish(self: Trainer) -> dict:
         self.run.write_summary(s)
         log.info(f"best validation {self.best_by.replace('_', ' ')} {self.best['score']:.3f} at epoch {self.best['epoch']}")
     return s
-
-# %% ../nbs/06_engine.ipynb #5544fa12
-class Dist:
-    "The process group (or a single process): rank, world size, device, and sum-reductions."
-    def __init__(self, device_name: str = 'auto'):
-        self.world = int(os.environ.get('WORLD_SIZE', '1'))
-        self.rank = int(os.environ.get('RANK', '0'))
-        local = int(os.environ.get('LOCAL_RANK', '0'))
-        if self.world > 1:
-            use_cuda = torch.cuda.is_available() and device_name != 'cpu'
-            if use_cuda: torch.cuda.set_device(local)
-            if not dist.is_initialized(): dist.init_process_group('nccl' if use_cuda else 'gloo')
-            self.device = torch.device(f'cuda:{local}') if use_cuda else torch.device('cpu')
-        else:
-            self.device = resolve_device(device_name)
-
-    @property
-    def main(self) -> bool: return self.rank == 0
-
-    def sum(self, *values) -> list:
-        "Sum numbers over the processes."
-        if self.world == 1: return list(values)
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        dist.all_reduce(t)
-        return t.tolist()
-
-    def gather(self, obj) -> list:
-        if self.world == 1: return [obj]
-        out = [None] * self.world
-        dist.all_gather_object(out, obj)
-        return out
-
-    def barrier(self):
-        if self.world > 1: dist.barrier()
-
-    def average_buffers(self, model: nn.Module):
-        "Average the floating-point buffers (batch-norm statistics) over the processes, so that every rank holds one model."
-        if self.world == 1: return
-        for b in model.buffers():
-            if b.is_floating_point(): dist.all_reduce(b); b.div_(self.world)

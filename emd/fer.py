@@ -42,6 +42,7 @@ class EsrBase(nn.Module):
         x = F.relu(self.bn3(self.conv3(x)))
         return F.max_pool2d(F.relu(self.bn4(self.conv4(x))), 2)
 
+# %% ../nbs/20_fer.ipynb #6e5d7839
 class EsrBranch(nn.Module):
     "One ESR branch: 128 x 20 x 20 -> last conv map 512 x 6 x 6, emotion logits (8) and valence/arousal (2)."
     def __init__(self, n_classes: int = 8):
@@ -73,6 +74,7 @@ class FerOutput(NamedTuple):
     affect: torch.Tensor     # B x n_branches x 2 (valence, arousal)
     features: torch.Tensor   # B x n_branches x C x h x w, the last conv maps
 
+# %% ../nbs/20_fer.ipynb #a2b7ea87
 class FerEnsemble(nn.Module):
     "ESR: a shared base and `n_branches` convolutional branches (ESR-9 by default)."
     kind = 'esr'
@@ -135,11 +137,13 @@ class BranchSelection(NamedTuple):
     c_freq: torch.Tensor     # B, the most frequent prediction (Eq. 3): the ensemble's decision
     probs: torch.Tensor      # B x n_branches x n_classes, softmax of every branch
 
+# %% ../nbs/20_fer.ipynb #c42da79d
 def ensemble_vote(logits: torch.Tensor) -> torch.Tensor:
     "Plurality vote of the branches' arg-max predictions (B x n x K logits -> B classes); ties to the lowest class."
     votes = F.one_hot(logits.argmax(-1), logits.shape[-1]).sum(1)
     return votes.argmax(-1)   # torch.argmax returns the first maximal index
 
+# %% ../nbs/20_fer.ipynb #eae11872
 def select_branch_features(out: FerOutput) -> BranchSelection:
     "Eqs. 3-5 on a batch: c_freq, the branch most confident about it, and that branch's feature map FF."
     probs = out.logits.float().softmax(-1)
@@ -153,6 +157,7 @@ def select_branch_features(out: FerOutput) -> BranchSelection:
 ESR_BASE_FILE = 'Net-Base-Shared_Representations.pt'
 def esr_branch_file(i: int) -> str: return f'Net-Branch_{i}.pt'
 
+# %% ../nbs/20_fer.ipynb #0a5be949
 def _load_module(module: nn.Module, path: Path, what: str):
     try:
         sd = torch.load(path, map_location='cpu', weights_only=True)
@@ -191,6 +196,7 @@ def load_esr9(folder, n_branches: int | None = None) -> FerEnsemble:
     for i, b in enumerate(model.branches, 1): _load_module(b, folder / esr_branch_file(i), f'branch {i}')
     return model.eval()
 
+# %% ../nbs/20_fer.ipynb #462a814c
 def save_esr9(model: FerEnsemble, folder) -> Path:
     "Write `model` in the published per-module format (one state dict per file)."
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
@@ -207,6 +213,7 @@ def build_fer(config: dict) -> nn.Module:
     if kind == 'simfer': return SimFER(config.get('n_classes', 8), config.get('width', 32))
     raise EmdError(f"unknown FER kind {kind!r}: expected 'esr' or 'simfer'")
 
+# %% ../nbs/20_fer.ipynb #617614b7
 def save_fer(model: nn.Module, folder, **extra) -> Path:
     "Write `fer.safetensors` and `fer.json` (the architecture plus `extra`) into `folder`."
     from safetensors.torch import save_file
@@ -216,6 +223,7 @@ def save_fer(model: nn.Module, folder, **extra) -> Path:
     write_json(folder / 'fer.json', dict(model.config(), **extra))
     return folder / 'fer.safetensors'
 
+# %% ../nbs/20_fer.ipynb #e5adf229
 def load_fer(path) -> nn.Module:
     "A recogniser from a `save_fer` folder, a training run (its best weights), or a folder of published ESR-9 files."
     from safetensors.torch import load_file
@@ -241,11 +249,13 @@ def fc_of(model: nn.Module, branch: int) -> nn.Linear:
     "The emotion classifier of `branch`."
     return model.branches[branch].fc if isinstance(model, FerEnsemble) else model.fc
 
+# %% ../nbs/20_fer.ipynb #66e8c354
 def class_activation_map(features: torch.Tensor, weight: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     "CAM: sum_k w[c, k] F_k for each sample (features B x C x h x w, weight K x C or B x K x C, classes B) -> B x h x w."
     w = weight[classes] if weight.dim() == 2 else weight[torch.arange(len(classes)), classes]
     return torch.einsum('bc,bchw->bhw', w.to(features.dtype), features)
 
+# %% ../nbs/20_fer.ipynb #5b656140
 def normalize_map(cam: torch.Tensor, size=None) -> torch.Tensor:
     "Upsample (bilinear) to `size` and min-max normalise each map to [0, 1]."
     if size is not None:
@@ -253,6 +263,7 @@ def normalize_map(cam: torch.Tensor, size=None) -> torch.Tensor:
     lo = cam.flatten(1).min(1)[0][:, None, None]; hi = cam.flatten(1).max(1)[0][:, None, None]
     return (cam - lo) / (hi - lo).clamp_min(1e-12)
 
+# %% ../nbs/20_fer.ipynb #525cec83
 @torch.no_grad()
 def fer_cam(model: nn.Module, x: torch.Tensor, classes: torch.Tensor | None = None, size=(96, 96)):
     "CAMs of the selected branch (Eqs. 3-5) for `classes` (default: c_freq), normalised to [0, 1]; and the selection."
@@ -262,6 +273,7 @@ def fer_cam(model: nn.Module, x: torch.Tensor, classes: torch.Tensor | None = No
     cam = class_activation_map(sel.features, weight, cls)
     return normalize_map(cam, size), sel
 
+# %% ../nbs/20_fer.ipynb #eeeca1c9
 def overlay_cam(image_bgr: np.ndarray, cam: np.ndarray, alpha: float = .45) -> np.ndarray:
     "Blend a [0, 1] map (any size) over a BGR uint8 image with the JET colour map; returns BGR uint8."
     h, w = image_bgr.shape[:2]
@@ -284,6 +296,7 @@ def expression_regions(landmarks: np.ndarray, size: int, pad: float = .06) -> di
         out[name] = cv2.dilate(m, disk).astype(bool)
     return out
 
+# %% ../nbs/20_fer.ipynb #01bd9107
 def cam_peak_region(cam: np.ndarray, regions: dict) -> str:
     "The region ('brows', 'eyes', 'mouth') holding the maximum of `cam` (same size as the masks), else 'other'."
     y, x = np.unravel_index(np.argmax(cam), cam.shape)

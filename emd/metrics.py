@@ -21,6 +21,7 @@ def frame_accuracy(prob, label, threshold: float = .5) -> float:
     if not len(prob): return float('nan')
     return float((is_manipulated(prob, threshold) == label).mean())
 
+# %% ../nbs/40_metrics.ipynb #7a0fffcf
 def equal_error_rate(fpr, tpr) -> float:
     "The error rate where FPR = FNR on a ROC curve, interpolated linearly between its points."
     fpr, fnr = np.asarray(fpr, float), 1 - np.asarray(tpr, float)
@@ -30,6 +31,7 @@ def equal_error_rate(fpr, tpr) -> float:
     t = d[i - 1] / (d[i - 1] - d[i])                # where the segment crosses zero
     return float(fpr[i - 1] + t * (fpr[i] - fpr[i - 1]))
 
+# %% ../nbs/40_metrics.ipynb #265c95d7
 @dataclass
 class Roc:
     fpr: np.ndarray
@@ -41,6 +43,7 @@ class Roc:
     negatives: int
     auc_error_bound: float = 0.       # pixel ROC: the AUC of the unrounded scores lies within this of `auc`
 
+# %% ../nbs/40_metrics.ipynb #bf0bd60c
 def roc(prob, label) -> Roc:
     "ROC curve, AUC, EER and average precision of scores `prob` for binary labels `label` (1: fake)."
     from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
@@ -70,6 +73,7 @@ def u8_threshold(threshold: float = .5) -> int:
     "The stored-score threshold k for probability `threshold`: round(255 p) >= k means p >= (k - 0.5) / 255 >= threshold."
     return int(np.ceil(255 * threshold + .5))
 
+# %% ../nbs/40_metrics.ipynb #e6ee1770
 @dataclass
 class PixelRoc:
     "Histograms of stored uint8 mask scores for manipulated (positive) and pristine (negative) pixels."
@@ -105,6 +109,7 @@ class PixelRoc:
         ties = float(np.sum(self.pos * self.neg)) / (P * N)
         return Roc(fpr, tpr, auc, equal_error_rate(fpr, tpr), ap, P, N, auc_error_bound=ties / 2)
 
+# %% ../nbs/40_metrics.ipynb #64ac40d9
 def pixel_roc(prob_u8: np.ndarray, truth: np.ndarray) -> Roc:
     "Exact ROC of stored uint8 pixel scores (see `PixelRoc`)."
     return PixelRoc().add(prob_u8, truth).roc()
@@ -151,6 +156,7 @@ def evaluate_predictions(frames: pd.DataFrame, masks=None) -> pd.DataFrame:
         rows[m] = np.flatnonzero(real | (frames.method == m).to_numpy())
     return pd.DataFrame([dict(subset=k, **_cell(frames, masks, r)) for k, r in rows.items()]).set_index('subset')
 
+# %% ../nbs/40_metrics.ipynb #22bb9db5
 def roc_of(frames: pd.DataFrame, masks=None) -> dict:
     "The frame ROC and, with masks, the pixel ROC of a run's predictions: {'frames': Roc, 'pixels': Roc or None}."
     return dict(frames=roc(frames.prob, frames.label),

@@ -19,7 +19,7 @@ from .data.datasets import fer_input
 from .fer import FerEnsemble, SimFER, build_fer, load_fer, select_branch_features
 from .registry import DetectorOutput, register_model
 
-# %% ../nbs/30_models.ipynb #265e5c86
+# %% ../nbs/30_models.ipynb #57cbd172
 def encoder_weight_options(path) -> dict:
     "smp/timm keyword arguments that load encoder weights from the local file `path` (None: random, never a download)."
     if path is None or str(path) == '':
@@ -33,6 +33,7 @@ def encoder_weight_options(path) -> dict:
     os.environ['HF_HUB_OFFLINE'] = '1'   # a wrong file must fail, not fall back to the hub
     return dict(encoder_weights='imagenet', pretrained_cfg_overlay=dict(file=str(path)))
 
+# %% ../nbs/30_models.ipynb #66488eb7
 def frozen_fer(fer, kind: str) -> nn.Module:
     "The FER module for `kind` ('esr' or 'simfer') from a module, a path, a config dict or None (random), frozen."
     if fer is None or (isinstance(fer, str) and fer == ''):
@@ -69,7 +70,7 @@ def widen_separable(conv: nn.Module, extra: int) -> nn.Module:
     conv.conv_dw, conv.bn_dw, conv.conv_pw = new_dw, new_bn, new_pw
     return conv
 
-# %% ../nbs/30_models.ipynb #2145550c
+# %% ../nbs/30_models.ipynb #a665efda
 _XCEPTION_ENTRY = {'41': ((128, 2), (256, 2), (728, 2)), '65': ((128, 2), (256, 2), (728, 2)),
                    '71': ((128, 2), (256, 1), (256, 2), (728, 1), (728, 2))}    # (channels, stride) of the entry flow
 _XCEPTION_MIDDLE = {'41': 8, '65': 16, '71': 16}                                  # middle-flow blocks of 728 channels
@@ -87,6 +88,7 @@ def xception_blocks(encoder: str, width: float = 1.) -> list:
     blocks.append(dict(in_chs=c(1024), out_chs=(c(1536), c(1536), c(2048)), stride=1, no_skip=True, start_with_relu=False))
     return blocks
 
+# %% ../nbs/30_models.ipynb #d8b671e9
 class FerStream:
     "Mixin for detectors with a frozen FER stream in `self.fer`: Eqs. 3-5 on the detector's crops; the FER stays in eval mode."
     @torch.no_grad()
@@ -99,6 +101,7 @@ class FerStream:
         if getattr(self, 'fer', None) is not None: self.fer.eval()   # frozen, batch norm included
         return self
 
+# %% ../nbs/30_models.ipynb #b112b48f
 class EmdNet(FerStream, nn.Module):
     "DeepLabv3+ (aligned Xception, output stride 16) with a classification head and an optional frozen FER stream."
     def __init__(self, encoder: str = 'tu-xception65', fer: nn.Module | None = None, encoder_weights=None,

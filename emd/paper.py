@@ -116,6 +116,7 @@ V,EMD,yes,HQ,NT,cls_acc,96.31
 V,EMD,yes,HQ,NT,seg_acc,93.78
 """
 
+# %% ../nbs/50_paper.ipynb #0f4a8fa1
 _TABLE1_CSV = """\
 dataset,released,real_videos,fake_videos,total_videos,real_source,methods,id_swap,exp_swap
 UADFV,Nov 2018,49,49,98,YouTube,1,yes,no
@@ -127,6 +128,7 @@ Deeper Forensics 1.0,Jan 2020,50000,10000,60000,Actors,1,yes,no
 FaceForensics++,Jan 2019,1000,4000,5000,YouTube,4,yes,yes
 """
 
+# %% ../nbs/50_paper.ipynb #309d8f52
 METHODS = {'DF': 'Deepfakes', 'F2F': 'Face2Face', 'NT': 'NeuralTextures'}
 QUALITIES = {'HQ': 'c23', 'LQ': 'c40'}
 PAPER_MODELS = {
@@ -155,6 +157,7 @@ FIGURE_CLAIMS = {
                  note="the caption says F2F and DF, the text F2F and NT: all three are drawn"),
 }
 
+# %% ../nbs/50_paper.ipynb #5ff282c6
 def paper_tables() -> pd.DataFrame:
     "Tables II-V, one row per published number, with the model that reproduces it ('' for reported-only rows)."
     t = pd.read_csv(io.StringIO(_TABLES_CSV))
@@ -162,16 +165,19 @@ def paper_tables() -> pd.DataFrame:
     t['method_name'], t['compression'] = t.dataset.map(METHODS), t.quality.map(QUALITIES)
     return t
 
+# %% ../nbs/50_paper.ipynb #159bf190
 def paper_table(name: str) -> pd.DataFrame:
     "The rows of one table ('II', 'III', 'IV' or 'V')."
     t = paper_tables()
     if name not in set(t.table): raise EmdError(f"no table {name!r} in the paper's numbers; choose II, III, IV or V")
     return t[t.table == name].reset_index(drop=True)
 
+# %% ../nbs/50_paper.ipynb #22348bad
 def table1() -> pd.DataFrame:
     "Table I: the data sets (released, videos, source, methods, identity or expression swaps)."
     return pd.read_csv(io.StringIO(_TABLE1_CSV))
 
+# %% ../nbs/50_paper.ipynb #4dfeb209
 def cells(tables=('II', 'III', 'IV', 'V')) -> list:
     "Every (model, method, compression) that the tables need, each once, in a stable order."
     t = paper_tables()

@@ -34,6 +34,7 @@ def cell_predictions(work, model: str, method: str, compression: str, videos: in
             raise EmdError(f"the pooled run {run.path} has no test frames of {method} {compression}")
     return frames, masks, run
 
+# %% ../nbs/51_report.ipynb #f62c59d3
 def cell_metrics(work, model: str, method: str, compression: str, videos: int = 0) -> dict:
     "Every metric of a cell's test predictions (`emd.metrics.evaluate_predictions`), cached in RUN/metrics.json."
     def compute():
@@ -90,6 +91,7 @@ def table_markdown(df: pd.DataFrame, name: str, caption: str = '') -> str:
         lines.append('| ' + ' | '.join([method, fer, *vals]) + ' |')
     return '\n'.join(lines) + '\n'
 
+# %% ../nbs/51_report.ipynb #8375dbdc
 TABLE_FILES = {'I': 'table1', 'II': 'table2', 'III': 'table3', 'IV': 'table4', 'V': 'table5'}
 
 def write_table(df: pd.DataFrame, out, name: str, markdown: str) -> dict:
@@ -114,6 +116,7 @@ def measured_table1(index: pd.DataFrame, data_name: str, synthetic: bool) -> pd.
                source='this run (synthetic)' if synthetic else 'this run')
     return pd.concat([t, pd.DataFrame([row])], ignore_index=True)
 
+# %% ../nbs/51_report.ipynb #7bd2f2ad
 def table1_markdown(df: pd.DataFrame, caption: str = '') -> str:
     cols = ['dataset', 'released', 'real_videos', 'fake_videos', 'total_videos', 'real_source', 'methods', 'id_swap',
             'exp_swap', 'source']
@@ -132,6 +135,7 @@ def save_figure(fig, out, stem: str) -> list:
     plt.close(fig)
     return [str(p) for p in paths]
 
+# %% ../nbs/51_report.ipynb #1cd58f5f
 def roc_figure(with_fer: tuple, without_fer: tuple, title: str, note: str = ''):
     "ROC plot: classification (solid) and segmentation (dotted), with (blue) and without (orange) FER; each a (frames, masks)."
     import matplotlib.pyplot as plt
@@ -211,6 +215,7 @@ def cam_examples(frames: pd.DataFrame, masks, run, store, n: int = 3, real: bool
         out.append(ex)
     return out
 
+# %% ../nbs/51_report.ipynb #27d904b7
 def cam_figure(fakes: list, reals: list, title: str, note: str = ''):
     "The Fig. 7 grid: fakes (original, manipulated, GT, predicted, CAM) on the left, reals (image, GT, predicted, CAM) on the right."
     import matplotlib.pyplot as plt

@@ -80,6 +80,7 @@ def write_throughput(res: dict, out) -> Path:
     (out / 'train-throughput.md').write_text('\n'.join(md) + '\n')
     return out / 'train-throughput.md'
 
+# %% ../nbs/32_train_speed.ipynb #ffc367fe
 @dataclass
 class ThroughputConfig(DetectorTrainConfig):
     "Parameters of `python -m emd.train_speed`: a detector's training settings, the steps to time and where to write."
@@ -87,6 +88,7 @@ class ThroughputConfig(DetectorTrainConfig):
     out: Path = param(Path('figures'), 'folder for train-throughput.{json,md}', metavar='DIR')
     steps: int = param(12, 'timed training steps of each kind (after 3 warm-up steps)')
 
+# %% ../nbs/32_train_speed.ipynb #6ccda136
 @command(ThroughputConfig, 'python -m emd.train_speed', "Training images per second of a detector, end to end "
          "(DataLoader from the frame store) against the model alone (in-memory batch), same model, batch and device; "
          "writes train-throughput.{json,md} into --out. Every option of emd train detector applies.",

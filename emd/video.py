@@ -53,6 +53,7 @@ class VideoInfo:
     width: int
     height: int
 
+# %% ../nbs/01_video.ipynb #0c78b238
 def _open(path):
     path = Path(path)
     if not path.exists(): raise EmdError(f"video not found: {path}")

@@ -79,6 +79,7 @@ def annotated_box(x: float, y: float, w: float, h: float, W: int, H: int, margin
     if x1 - x0 < 2 or y1 - y0 < 2: raise EmdError(f"face box {x, y, w, h} lies outside the {W} x {H} image")
     return x0, y0, x1, y1
 
+# %% ../../nbs/13_data_affectnet.ipynb #ac1a92c5
 def crop_annotated(img: np.ndarray, x: float, y: float, w: float, h: float, size: int, margin: float = 0.) -> np.ndarray:
     "The annotated face of `img`, with `margin`, resized to `size` x `size`."
     x0, y0, x1, y1 = annotated_box(x, y, w, h, img.shape[1], img.shape[0], margin)
@@ -86,6 +87,7 @@ def crop_annotated(img: np.ndarray, x: float, y: float, w: float, h: float, size
     interp = cv2.INTER_AREA if min(x1 - x0, y1 - y0) > size else cv2.INTER_LINEAR
     return cv2.resize(face, (size, size), interpolation=interp)
 
+# %% ../../nbs/13_data_affectnet.ipynb #0e9dc3d4
 def landmarks_to_crop(landmarks: str, box: tuple, size: int) -> str:
     "AffectNet's `facial_landmarks` ('x1;y1;x2;y2;...', image pixels) in the coordinates of the `size` crop of `box`."
     try:
@@ -97,6 +99,7 @@ def landmarks_to_crop(landmarks: str, box: tuple, size: int) -> str:
     pts = (pts - (x0, y0)) * (size / (x1 - x0), size / (y1 - y0))
     return ';'.join(f'{v:.2f}' for v in pts.ravel())
 
+# %% ../../nbs/13_data_affectnet.ipynb #2ecd36bf
 def crop_landmarks(s: str) -> np.ndarray | None:
     "The 68 x 2 landmarks of an index row's `landmarks` column (crop pixels), or None."
     return np.array([float(v) for v in s.split(';')]).reshape(68, 2) if isinstance(s, str) and s else None
@@ -137,6 +140,7 @@ def prepare_chunk(cfg: AffectNetConfig, split: str, first: int, rows: list) -> l
     store.write_marker(key, out_rows, out)   # last: the chunk counts as done only now
     return [out] + problems
 
+# %% ../../nbs/13_data_affectnet.ipynb #f4e2b62c
 def _cached(store, key) -> list:
     p = store.root / '.state' / 'problems' / (key.replace('/', '__') + '.json')
     return [Outcome(**d) for d in json.loads(p.read_text())] if p.exists() else []

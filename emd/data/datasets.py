@@ -34,7 +34,7 @@ def fer_input(images: torch.Tensor, size: int = FER_SIZE) -> torch.Tensor:
     x = F.interpolate(x, size=(size, size), mode='bilinear', align_corners=False, antialias=False)
     return x.clamp_(0, 1)
 
-# %% ../../nbs/14_data_datasets.ipynb #f4515d09
+# %% ../../nbs/14_data_datasets.ipynb #29b2b13e
 def detection_transform(size: int | None = None, augment: bool = False):
     "Joint transform of an (Image, Mask) pair: optional augmentation, optional resize."
     t = []
@@ -45,6 +45,7 @@ def detection_transform(size: int | None = None, augment: bool = False):
     if size is not None: t.append(v2.Resize((size, size), antialias=True))
     return v2.Compose(t) if t else None
 
+# %% ../../nbs/14_data_datasets.ipynb #d476b631
 class DetectionDataset(Dataset):
     "FF++ face crops, masks and labels from a frame store."
     def __init__(self, store, split: str | None = None, methods=None, compressions=None, size: int | None = None,

@@ -18,6 +18,7 @@ def frontal_detector():
     import dlib
     return dlib.get_frontal_face_detector()
 
+# %% ../../nbs/10_data_faces.ipynb #2b1393b7
 def detect_face(image: np.ndarray, upsample: int = 1) -> np.ndarray | None:
     "Largest face in a BGR or grey image as `[x0, y0, x1, y1]`, or None."
     gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
@@ -26,6 +27,7 @@ def detect_face(image: np.ndarray, upsample: int = 1) -> np.ndarray | None:
     r = max(rects, key=lambda r: r.width() * r.height())
     return np.array([r.left(), r.top(), r.right() + 1, r.bottom() + 1], np.float64)
 
+# %% ../../nbs/10_data_faces.ipynb #38da7a2b
 def box_iou(a, b) -> float:
     "Intersection over union of two `[x0, y0, x1, y1]` boxes."
     iw = max(0., min(a[2], b[2]) - max(a[0], b[0]))
@@ -44,6 +46,7 @@ def crop_box(det, width: int, height: int, scale: float = 1.3) -> tuple[int, int
     side = min(width - x, height - y, side)
     return x, y, side
 
+# %% ../../nbs/10_data_faces.ipynb #a393ca4d
 def crop(image: np.ndarray, box: tuple, size: int | None = None) -> np.ndarray:
     "Cut the square `box = (x, y, side)` out of `image` and resize it to `size` (area when shrinking)."
     x, y, s = box

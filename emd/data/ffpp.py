@@ -68,11 +68,13 @@ def video_path(root, method: str, quality: str, name: str) -> Path:
     if method == 'original': return root / 'original_sequences/youtube' / quality / 'videos' / f'{name}.mp4'
     return root / 'manipulated_sequences' / method / quality / 'videos' / f'{name}.mp4'
 
+# %% ../../nbs/12_data_ffpp.ipynb #db7612ec
 def mask_path(root, method: str, name: str) -> Path | None:
     "FF++'s mask video of a fake (None for methods without masks)."
     if method in NO_MASKS: return None
     return Path(root) / 'manipulated_sequences' / method / 'masks/videos' / f'{name}.mp4'
 
+# %% ../../nbs/12_data_ffpp.ipynb #b0eedb39
 def load_splits(root, splits=None) -> dict:
     "The official splits: `{'train': [['071', '054'], ...], 'val': ..., 'test': ...}`."
     places = [Path(splits)] if splits else [Path(root) / 'splits', Path(root)]
@@ -119,6 +121,7 @@ class Job:
     @property
     def label(self) -> int: return int(self.method != 'original')
 
+# %% ../../nbs/12_data_ffpp.ipynb #a320e663
 def plan(cfg: FFppConfig) -> dict:
     "`{target: [Job, ...]}` for every video the run covers, in split order."
     root, splits = Path(cfg.root), load_splits(cfg.root, cfg.splits)
@@ -152,6 +155,7 @@ def _frame_count(job: Job) -> tuple[int, str]:
     if m < n: return m, f"mask video {job.mask.name} has {m} frames, the video has {n}: using the first {m}"
     return n, ''
 
+# %% ../../nbs/12_data_ffpp.ipynb #d53740a9
 def _shared_detections(cfg, store, target, jobs, needed, keep=()) -> tuple[dict, str | None, dict]:
     """Boxes `{frame: box or None}` of the target's real video on the frames `needed` (cached in .state), the key of
     the video that was decoded for them, and its frames in `keep` from the same pass (so it is read only once)."""
@@ -177,9 +181,11 @@ def _shared_detections(cfg, store, target, jobs, needed, keep=()) -> tuple[dict,
     write_json(cache, {str(k): (None if v is None else v.tolist()) for k, v in boxes.items()}, indent=None)
     return boxes, used, kept
 
+# %% ../../nbs/12_data_ffpp.ipynb #de74ab77
 def _job_frames(cfg, job: Job, n: int) -> list[int]:
     return sample_frames(n, cfg.frames_train if job.split == 'train' else cfg.frames_eval, cfg.sampling)
 
+# %% ../../nbs/12_data_ffpp.ipynb #c57ddea3
 def _prepare_job(cfg, store, job, n, warning, shared, frames=None) -> Outcome:
     idx = _job_frames(cfg, job, n)
     if frames is None or not set(idx) <= set(frames): frames = dict(read_frames(job.path, idx))
@@ -220,6 +226,7 @@ def _prepare_job(cfg, store, job, n, warning, shared, frames=None) -> Outcome:
     store.write_marker(job.key, rows, out)
     return out
 
+# %% ../../nbs/12_data_ffpp.ipynb #acc2cbf3
 def prepare_target(cfg: FFppConfig, target: str, jobs: list) -> list:
     "Prepare a target's unfinished videos; returns their outcomes."
     import cv2

@@ -91,6 +91,7 @@ class PrepareSpeedConfig(Params):
     work: Path | None = param(None, 'scratch folder (default: a temporary one, removed afterwards)', metavar='DIR')
     workers: int = param(0, 'processes for emd (0: one per core)')
 
+# %% ../../nbs/15_data_speed.ipynb #e3bf0e81
 @command(PrepareSpeedConfig, 'python -m emd.data.speed', "Time emd prepare ffpp end to end against the straightforward "
          "FF++ pipeline on synthetic 640 x 480 videos, and compare their crops; writes prepare-speed.{json,md}.")
 def main(a: PrepareSpeedConfig):

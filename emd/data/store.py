@@ -29,6 +29,7 @@ class Outcome:
     reason: str = ''
     frames: int = 0
 
+# %% ../../nbs/11_data_store.ipynb #36152ba8
 def summarize(outcomes: list) -> tuple[dict, list]:
     "Counts per status, and one line per warning or failure."
     counts = {s: sum(o.status == s for o in outcomes) for s in STATUSES}

@@ -81,6 +81,7 @@ def video_name(cfg: SynthConfig, v: int) -> str:
     "FF++-style zero-padded id: 000 ... 999 (wider beyond 1000 videos)."
     return str(v).zfill(max(3, len(str(cfg.videos - 1))))
 
+# %% ../../nbs/04_synth_benchmark.ipynb #d29256db
 def make_pairs(cfg: SynthConfig) -> dict:
     "`{'train': [(a, b), ...], 'val': ..., 'test': ...}`, integer ids, disjoint."
     ids = rng_for(cfg.seed, 'pairs').permutation(cfg.videos)
@@ -92,6 +93,7 @@ def make_pairs(cfg: SynthConfig) -> dict:
     return dict(train=sorted(pairs[:n - n_val - n_test]), val=sorted(pairs[n - n_val - n_test:n - n_test]),
                 test=sorted(pairs[n - n_test:]))
 
+# %% ../../nbs/04_synth_benchmark.ipynb #5128d0a4
 def partners(cfg: SynthConfig) -> dict:
     "Each video's pair partner (its fakes are `v_partner` and `partner_v`)."
     out = {}
@@ -99,9 +101,11 @@ def partners(cfg: SynthConfig) -> dict:
         for a, b in pairs: out[a], out[b] = b, a
     return out
 
+# %% ../../nbs/04_synth_benchmark.ipynb #a9f7a7f5
 def n_frames(cfg: SynthConfig, v: int) -> int:
     return cfg.frames + int(rng_for(cfg.seed, 'length', v).integers(0, cfg.frames_jitter + 1))
 
+# %% ../../nbs/04_synth_benchmark.ipynb #ff6605e2
 def video_script(cfg: SynthConfig, v: int):
     "The talking-head script of real video `v`."
     return make_script(rng_for(cfg.seed, 'video', v), n_frames(cfg, v), cfg.width, cfg.height, cfg.fps, cfg.face_scale)
@@ -115,6 +119,7 @@ def ffpp_paths(root, cfg: SynthConfig, name: str, method: str = 'original') -> d
     d = root / 'manipulated_sequences' / method
     return {**{c: d / c / 'videos' / f'{name}.mp4' for c in cfg.compressions}, 'mask': d / 'masks/videos' / f'{name}.mp4'}
 
+# %% ../../nbs/04_synth_benchmark.ipynb #083f5ff4
 def _boxes(lm):
     "Face box (x, y, w, h) of each frame's landmarks, with the forehead."
     lo, hi = lm.min(1), lm.max(1)
@@ -125,6 +130,7 @@ def _truth(path, **kw):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(kw, separators=(',', ':')))
 
+# %% ../../nbs/04_synth_benchmark.ipynb #d7055125
 def make_video(cfg: SynthConfig, root, v: int, partner: int) -> dict:
     "Render real video `v`, its fakes `v_partner` and their masks; write them and their ground truth."
     cv2.setNumThreads(1)
@@ -170,10 +176,12 @@ def affectnet_plan(cfg: SynthConfig) -> list:
             items.append(dict(split=split, index=index, expression=classes[j])); index += 1
     return items
 
+# %% ../../nbs/04_synth_benchmark.ipynb #fcb8e1d0
 def _affectnet_file(cfg, index, total):
     sub = 1 + index % max(1, total // 100)
     return f"{sub}/{hashlib.sha224(f'synthforensics-{cfg.seed}-{index}'.encode()).hexdigest()}.jpg"
 
+# %% ../../nbs/04_synth_benchmark.ipynb #c5a05bf5
 def _affectnet_expression(c, rng):
     "The face of class `c`: a noisy prototype (0-7), a blend of two (None) or a faint one (Uncertain)."
     if c < 8: e = expression(EXPRESSIONS[c], rng.uniform(.85, 1.2))   # every class clearly itself (see the notes)
@@ -183,6 +191,7 @@ def _affectnet_expression(c, rng):
     a[3] = max(a[3], .2)
     return Expression.from_array(a)
 
+# %% ../../nbs/04_synth_benchmark.ipynb #080b8170
 def make_affectnet_images(cfg: SynthConfig, root, items: list, total: int) -> list:
     "Render and save the images of `items`; return their CSV rows (and ground-truth extras)."
     cv2.setNumThreads(1)
@@ -329,6 +338,7 @@ def _trace_feature(img, mask):
     if not inner.any() or not ring.any(): return np.nan
     return float(np.log(lap[inner > 0].var() + 1e-3) - np.log(lap[ring > 0].var() + 1e-3))
 
+# %% ../../nbs/04_synth_benchmark.ipynb #3647618c
 def difficulty_probe(root, step: int = 4):
     "ROC AUC of the oracle-region trace feature for each method and quality of a SynthForensics folder."
     import pandas as pd

@@ -106,6 +106,7 @@ class Pose:
     yaw: float = 0.; pitch: float = 0.; roll: float = 0.
     cx: float = .5; cy: float = .42; scale: float = .21
 
+# %% ../../nbs/02_synth_faces.ipynb #0aeef111
 @dataclass(frozen=True)
 class Light:
     "Directional light (image-plane direction, strength) over an ambient level, with a BGR tint."
@@ -131,6 +132,7 @@ def _outline(idt: Identity, ex: Expression):
     jaw[:, 2] = .15 + .45 * np.sin(np.linspace(0, np.pi, 17))
     return np.concatenate([up[:-1], lo[:-1]]), jaw
 
+# %% ../../nbs/02_synth_faces.ipynb #ca284966
 def _brows(idt, ex):
     ey, out = idt.eye_y, []
     for side in (-1, 1):
@@ -142,6 +144,7 @@ def _brows(idt, ex):
         out.append(pts[::-1] if side < 0 else pts)   # iBUG: 17-21 outer->inner, 22-26 inner->outer
     return out
 
+# %% ../../nbs/02_synth_faces.ipynb #e36a3dc1
 def _nose(idt, ex):
     ey = idt.eye_y
     bridge = np.stack([np.zeros(4), np.linspace(ey - .02, ey + idt.nose_len, 4), np.linspace(.75, 1.05, 4)], 1)
@@ -149,6 +152,7 @@ def _nose(idt, ex):
     base = np.stack([np.linspace(-nw, nw, 5), ny + np.array([-.02, .01, .02, .01, -.02]), [.8, .9, .95, .9, .8]], 1)
     return bridge, base
 
+# %% ../../nbs/02_synth_faces.ipynb #ed00722e
 def _eyes(idt, ex):
     out, ey = [], idt.eye_y
     open_ = max(ex.eye_open, 0.) * (1 - .3 * ex.eye_squint)
@@ -163,6 +167,7 @@ def _eyes(idt, ex):
         out.append(np.concatenate([pts, np.full((6, 1), .6)], 1))
     return out
 
+# %% ../../nbs/02_synth_faces.ipynb #a67c280f
 def _mouth(idt, ex):
     my = idt.eye_y + idt.mouth_y
     mw = max(.12, idt.mouth_w * (1 + .22 * ex.lip_stretch + .12 * max(ex.smile, 0) - .05 * ex.lip_press))
@@ -187,6 +192,7 @@ def _mouth(idt, ex):
                             [[xi[-1] * 1.02, corner_y[-1], .75]], np.stack([xi[i], inner_lo[i], z[i]], 1)[::-1]])
     return outer, inner   # 48-59, 60-67
 
+# %% ../../nbs/02_synth_faces.ipynb #c7f4bbd0
 def face_points(idt: Identity, ex: Expression) -> dict:
     "Outline and landmark groups of a face, (N, 3) arrays in face units."
     outline, jaw = _outline(idt, ex)
@@ -197,6 +203,7 @@ def face_points(idt: Identity, ex: Expression) -> dict:
     return dict(outline=outline, jaw=jaw, brow_l=brow_l, brow_r=brow_r, nose_bridge=bridge, nose_base=base,
                 eye_l=eye_l, eye_r=eye_r, mouth_outer=mouth_outer, mouth_inner=mouth_inner)
 
+# %% ../../nbs/02_synth_faces.ipynb #7679bb9f
 LANDMARK_GROUPS = ('jaw', 'brow_l', 'brow_r', 'nose_bridge', 'nose_base', 'eye_l', 'eye_r', 'mouth_outer',
                    'mouth_inner')
 
@@ -216,6 +223,7 @@ def project(pts: np.ndarray, pose: Pose, W: int, H: int) -> np.ndarray:
     k = pose.scale * H
     return np.stack([pose.cx * W + k * (c * x1 - s * y1), pose.cy * H + k * (s * x1 + c * y1)], 1)
 
+# %% ../../nbs/02_synth_faces.ipynb #4e95e502
 def face_affine(pose: Pose, W: int, H: int, z: float = .5) -> np.ndarray:
     "2 x 3 affine map from face units (the plane at depth `z`) to pixels."
     src = np.array([[0, 0, z], [1, 0, z], [0, 1, z]], np.float32)

@@ -30,6 +30,7 @@ def identity_texture(idt: Identity) -> np.ndarray:
     hair = 1 + .18 * strands / (strands.std() + 1e-6) + .08 * _smooth_noise(rng, _TEX, 8)
     return np.stack([skin, hair], -1)
 
+# %% ../../nbs/02a_synth_render.ipynb #00986e4e
 def _texture_affine(pose, W, H, ss):
     "Affine map from texture pixels to supersampled frame pixels."
     A = np.vstack([face_affine(pose, W, H), [0, 0, 1]])
@@ -37,6 +38,7 @@ def _texture_affine(pose, W, H, ss):
     M = (A @ T)[:2]
     return M * ss
 
+# %% ../../nbs/02a_synth_render.ipynb #42655ed6
 def background(rng: np.random.Generator, W: int, H: int) -> np.ndarray:
     "A cluttered, slightly out-of-focus indoor scene (H x W x 3 uint8 BGR)."
     c0, c1 = rng.uniform(40, 220, 3), rng.uniform(40, 220, 3)
@@ -65,19 +67,23 @@ def smooth_closed(pts, n: int = 6) -> np.ndarray:
                 + (3 * p1 - p0 - 3 * p2 + p3)[:, None] * t ** 3)
     return out.reshape(-1, 2)
 
+# %% ../../nbs/02a_synth_render.ipynb #387cecf7
 def composite(roi: np.ndarray, src: np.ndarray, alpha: np.ndarray):
     "In place: `roi = roi * (1 - alpha) + src * alpha` (float32 H x W x 3, alpha H x W)."
     roi[...] = cv2.blendLinear(np.ascontiguousarray(src, np.float32), roi, alpha, 1 - alpha)
 
+# %% ../../nbs/02a_synth_render.ipynb #b1f19f0a
 def tinted(gray: np.ndarray, colour) -> np.ndarray:
     "A float32 H x W map times a BGR colour: H x W x 3 (OpenCV's per-channel scalar product is fast)."
     g = np.ascontiguousarray(gray, np.float32)
     return cv2.multiply(cv2.merge([g, g, g]), tuple(float(c) for c in colour) + (0.,))
 
+# %% ../../nbs/02a_synth_render.ipynb #872e4d19
 def _fixed(p, ss, offset=(0, 0)):
     "Pixel coordinates to OpenCV's 4-bit fixed point at supersampling `ss`."
     return np.round((np.asarray(p) * ss - offset) * 16).astype(np.int32)
 
+# %% ../../nbs/02a_synth_render.ipynb #fa9de4d6
 class Canvas:
     "A supersampled float image; shapes are given in frame pixels and composited inside their bounding box."
     def __init__(self, img: np.ndarray, ss: int):
@@ -157,6 +163,7 @@ class _Scene:
             return tinted(t, base)
         return layer
 
+# %% ../../nbs/02a_synth_render.ipynb #9cc728cc
 def _draw_body(s: _Scene):
     ey = s.idt.eye_y
     shoulders = np.array([[-2.6, 3.2, 0], [-2.2, 2., 0], [-.9, 1.7, 0], [.9, 1.7, 0], [2.2, 2., 0], [2.6, 3.2, 0],
@@ -166,6 +173,7 @@ def _draw_body(s: _Scene):
     neck = np.array([[-.5, .4, 0], [.5, .4, 0], [.62, 2.1, 0], [-.62, 2.1, 0]]) + [0, ey, 0]
     s.canvas.fill(project(neck, replace(s.pose, yaw=s.pose.yaw * .3, pitch=0), s.W, s.H), s.skin * .72)
 
+# %% ../../nbs/02a_synth_render.ipynb #b93ea516
 def _draw_back_hair(s: _Scene):
     if HAIR_STYLES[s.idt.hair_style] != 'long': return
     ey, v = s.idt.eye_y, 1.15 + s.idt.hair_vol
@@ -175,11 +183,13 @@ def _draw_back_hair(s: _Scene):
     back = back[np.argsort(np.arctan2(back[:, 1] - ey, back[:, 0]))]
     s.canvas.fill(s.proj(back), layer=s.textured(1, s.hair * .75))
 
+# %% ../../nbs/02a_synth_render.ipynb #93ec2076
 def _draw_ears(s: _Scene):
     for side in (-1, 1):
         s.canvas.ellipse(s.proj([[side * .98, s.idt.eye_y + .2, .05]])[0], (.14 * s.k, .26 * s.k), s.pose.roll,
                          s.skin * .85)
 
+# %% ../../nbs/02a_synth_render.ipynb #6d4d6783
 def _feature_shading(s: _Scene, box, cover):
     """Multiplicative map over the face box: eye sockets, nose and lip shadows, wrinkles, highlights, stubble.
     Drawn at half the canvas resolution (it is smooth) and resized to the box."""
@@ -229,6 +239,7 @@ def _feature_shading(s: _Scene, box, cover):
         sm *= 1 - .3 * idt.stubble * cv2.GaussianBlur(st, (0, 0), .04 * k * ss)
     return cv2.resize(sm, (bw, bh), interpolation=cv2.INTER_LINEAR)
 
+# %% ../../nbs/02a_synth_render.ipynb #f2ca3d1c
 def _draw_skin(s: _Scene):
     box = s.canvas.box(s.pr['outline'])
     x0, y0, x1, y1 = box
@@ -238,6 +249,7 @@ def _draw_skin(s: _Scene):
     sm *= s.shading(box)
     composite(s.canvas.img[y0:y1, x0:x1], s.textured(0, s.skin, lambda b: sm)(box), cover)
 
+# %% ../../nbs/02a_synth_render.ipynb #26d3f8cb
 def _draw_eyes(s: _Scene):
     sclera = np.array([225, 232, 238]) * s.tint * .92
     iris = np.array(s.idt.iris) * s.tint
@@ -259,6 +271,7 @@ def _draw_eyes(s: _Scene):
         s.canvas.line(np.concatenate([poly[18:], poly[:1]]), s.skin * .55, .012 * s.k)  # lower lid
         s.canvas.line(smooth_closed(eye[[0, 1, 2, 3]] + [0, -.07 * s.k], 4)[:13], s.skin * .68, .015 * s.k)  # crease
 
+# %% ../../nbs/02a_synth_render.ipynb #db6f7244
 def _draw_brows(s: _Scene):
     colour = np.minimum(s.hair * .6, s.skin * .35) + 5
     for b in (s.pr['brow_l'][::-1], s.pr['brow_r']):   # inner -> outer, tapering
@@ -269,11 +282,13 @@ def _draw_brows(s: _Scene):
         n *= np.sign(n[:, 1:2] + 1e-9)
         s.canvas.fill(np.concatenate([b - n * th[:, None] / 2, (b + n * th[:, None] / 2)[::-1]]), colour)
 
+# %% ../../nbs/02a_synth_render.ipynb #a3702b65
 def _draw_nose(s: _Scene):
     nb = s.pr['nose_base']
     for j in (0, 4):
         s.canvas.ellipse(nb[j] * .55 + nb[2] * .45, (.045 * s.k, .025 * s.k), s.pose.roll, s.skin * .35)
 
+# %% ../../nbs/02a_synth_render.ipynb #821e8f0f
 def _draw_mouth(s: _Scene):
     mo, mi, ss = s.pr['mouth_outer'], s.pr['mouth_inner'], s.ss
     lip = np.array(s.idt.lip) * s.tint * s.exposure
@@ -290,6 +305,7 @@ def _draw_mouth(s: _Scene):
         s.canvas.fill(inner, layer=mouth_layer)
     s.canvas.line(inner, lip * .45, .012 * s.k, closed=True)
 
+# %% ../../nbs/02a_synth_render.ipynb #855b91d6
 def _draw_top_hair(s: _Scene):
     style = HAIR_STYLES[s.idt.hair_style]
     if style == 'bald': return

@@ -30,12 +30,14 @@ class Script:
 
     def __len__(self): return len(self.poses)
 
+# %% ../../nbs/03_synth_videos.ipynb #63673fd9
 def _wave(rng, n, fps, amp, fmin=.15, fmax=.6, k=3):
     t = np.arange(n) / fps
     return amp * sum(np.sin(2 * np.pi * rng.uniform(fmin, fmax) * t + rng.uniform(0, 2 * np.pi)) for _ in range(k)) / k
 
 def _smoothstep(t): return t * t * (3 - 2 * t)
 
+# %% ../../nbs/03_synth_videos.ipynb #34b72afe
 TALKING_HEAD_MIX = np.array([.3, .2, .08, .1, .07, .07, .1, .08])   # how often each class is a keyframe
 
 def make_script(rng: np.random.Generator, n_frames: int, W: int, H: int, fps: int = 25,
@@ -104,11 +106,13 @@ def region_mask(landmarks: np.ndarray, expand: float, shape) -> np.ndarray:
     cv2.fillPoly(m, [np.round(hull).astype(np.int32)], 1)
     return m
 
+# %% ../../nbs/03_synth_videos.ipynb #84bdb5a6
 def feathered_blend(real: np.ndarray, fake: np.ndarray, mask: np.ndarray, feather: float) -> np.ndarray:
     "Paste `fake` into `real` inside `mask`, with a weight rising over `feather` pixels from the border."
     a = np.clip(cv2.distanceTransform(mask, cv2.DIST_L2, 3) / max(feather, 1e-3), 0, 1)[..., None]
     return np.clip(real * (1 - a) + fake * a + .5, 0, 255).astype(np.uint8)
 
+# %% ../../nbs/03_synth_videos.ipynb #fa3cef37
 def colour_match(src: np.ndarray, ref: np.ndarray, mask: np.ndarray, amount: float) -> np.ndarray:
     """Move `src`'s per-channel mean inside `mask` towards `ref`'s by `amount` (0..1), and its spread by at most
     15 % (a face-swap tool corrects skin colour; squeezing contrast would wash out the eyes)."""
@@ -148,6 +152,7 @@ def _deepfakes(t: Script, src: Script, n, strength, rng):
     re, lm = re[:n], lm[:n]
     return re, lm, INNER_FACE, 1.12, lambda f, real, m: colour_match(f, real, m, 1 - .4 * strength)
 
+# %% ../../nbs/03_synth_videos.ipynb #b4c21e90
 _METHODS = dict(Face2Face=_face2face, NeuralTextures=_neural_textures, Deepfakes=_deepfakes)
 
 def _as_long_as(s: Script, n: int) -> Script:
@@ -157,6 +162,7 @@ def _as_long_as(s: Script, n: int) -> Script:
     return Script(s.identity, s.light, s.background, [s.poses[j] for j in i], [s.expressions[j] for j in i],
                   [s.labels[j] for j in i], s.noise, s.noise_seed)
 
+# %% ../../nbs/03_synth_videos.ipynb #3d6f3071
 def manipulate(method: str, target: Script, source: Script, real: np.ndarray, real_landmarks: np.ndarray,
                softness: float = .5, strength: float = .5, seed: int = 0):
     """Forge `target` with `source` by `method`, given the target's rendered frames and landmarks.
