@@ -306,7 +306,7 @@ def run_parallel(module: str, tasks: list, workers: int, desc: str, unit: str = 
 
 # %% ../nbs/00_core.ipynb #73299554
 def package_info() -> dict:
-    "Version of emd and, when run from a git checkout, its commit (and whether it had local changes)."
+    "Version of emd and, when run from a git checkout, its commit (and whether its code had local changes)."
     from emd import __version__
     info = dict(version=__version__, commit=None, dirty=None)
     root = Path(__file__).resolve().parent.parent
@@ -315,7 +315,8 @@ def package_info() -> dict:
             run = lambda *a: subprocess.run(['git', '-C', str(root), *a], capture_output=True, text=True,
                                              timeout=5).stdout.strip()
             info['commit'] = run('rev-parse', 'HEAD') or None
-            info['dirty'] = bool(run('status', '--porcelain', '--untracked-files=no'))
+            # the outputs a run writes into figures/ are not changes to the code that made them
+            info['dirty'] = bool(run('status', '--porcelain', '--untracked-files=no', '--', '.', ':(exclude)figures'))
         except (OSError, subprocess.SubprocessError):
             pass
     return info
