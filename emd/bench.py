@@ -124,11 +124,11 @@ def bench_train(store, models, device, steps: int = 4, batch_size: int = 8, seed
 def bench_detect(video, store, work: Path, device) -> dict:
     "`emd detect` on one video with a smoke-sized EMD (random weights: speed only): frames/s and seconds per stage."
     from emd.detect import Analyser, DetectConfig, detect_file
-    from emd.registry import create_model
-    from emd.registry import save_detector
+    from emd.registry import create_model, save_detector
+    from emd.runs import Run
     torch.manual_seed(0)
     model = create_model('emd', encoder='tu-xception41', width=.25, decoder_channels=64)
-    save_detector(model, work / 'emd-random' / 'best', size=128)
+    save_detector(model, Run(work / 'emd-random').best, size=128)
     _reset_peak(device)
     an = Analyser(work / 'emd-random', str(device))
     an([torch.zeros(128, 128, 3, dtype=torch.uint8).numpy()])    # warm-up

@@ -175,10 +175,10 @@ def add_arguments(cls: Params, parser: argparse.ArgumentParser, skip=()):
 
 @patch(cls_method=True)
 def from_args(cls: Params, ns: argparse.Namespace):
-    "Build from parsed arguments: profile (if any) plus the options given."
+    "Build from parsed arguments: the profile (given, else the field's default) plus the options given."
     given = {f.name: getattr(ns, f.name) for f in fields(cls) if getattr(ns, f.name, None) is not None}
-    profile = given.pop('profile', None)
-    return cls.from_profile(profile, **given)
+    default = next((f.default for f in fields(cls) if f.name == 'profile'), None)
+    return cls.from_profile(given.pop('profile', default), **given)
 
 def _fmt_default(cls, name, default):
     "Help-text default, listing the profile values where they differ."

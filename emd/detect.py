@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .core import EmdError, Params, command, is_manipulated, log, param, resolve_device, write_json
+from .core import EmdError, Params, command, is_manipulated, log, param, resolve_device, tf32_matmul, write_json
 from .data.faces import crop, crop_box, detect_face
 from .data.ffpp import sample_frames
 
@@ -317,7 +317,10 @@ def default_out(path) -> Path:
 
 # %% ../nbs/60_detect.ipynb #cbdc6436
 def detect(cfg: DetectConfig, progress: bool = True) -> pd.DataFrame:
-    "Run `emd detect`; a row per input file (score, decision, or the error)."
+    "Run `emd detect` (in float32: no TF32 on a GPU either); a row per input file (score, decision, or the error)."
+    with tf32_matmul(False): return _detect(cfg, progress)
+
+def _detect(cfg: DetectConfig, progress: bool) -> pd.DataFrame:
     from tqdm.auto import tqdm
     cfg.check()
     files = inputs_of(cfg.input)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .core import AMP_MODES, EmdError, Params, param
 from .paper import cells
-from .runs import cell_run_path, pooled_run_path
+from .runs import Run, cell_run_path, pooled_run_path
 
 # %% ../nbs/52_plans.ipynb #e17892b2
 @dataclass
@@ -139,8 +139,8 @@ def config_from(**params) -> ReproduceConfig:
 def fer_path(cfg: ReproduceConfig, kind: str) -> str:
     "The FER a run of `kind` ('esr' or 'simfer') uses: the published ESR-9 folder if given, else the one trained here."
     p = paths(cfg)
-    if kind == 'esr': return str(cfg.esr_weights or p['esr'] / 'best')
-    return str(p['simfer'] / 'best')
+    if kind == 'esr': return str(cfg.esr_weights or Run(p['esr']).best)
+    return str(Run(p['simfer']).best)
 
 # %% ../nbs/52_plans.ipynb #0928ae70
 def n_train_targets(store) -> int:

@@ -205,6 +205,8 @@ def run_stage(stage: Stage, params: dict, executed: Path, cwd: Path) -> float:
 def reproduce(cfg: ReproduceConfig) -> dict:
     "Run the stages in order, skipping unchanged ones; writes OUT/manifest.json and returns it."
     cfg.check()
+    from emd.core import fast_bf16
+    fast_bf16('cpu')                                     # a wrong EMD_BF16_FAST fails now, not after every stage
     bad = set(cfg.only) - set(STAGES)
     if bad: raise EmdError(f"--only {sorted(bad)}: no such stage; stages: {', '.join(STAGES)}")
     plan, p = plan_of(cfg.profile), paths(cfg)
@@ -282,7 +284,7 @@ def _maps_current(path: Path, fer, size: int, n_frames: int) -> bool:
 
 def train_fers(cfg: ReproduceConfig) -> dict:
     "The `fer` stage: ESR-9 (trained, or the published weights) and SimFER; on a CPU plan, their maps of every frame."
-    from emd.core import resolve_device
+    from emd.core import resolve_device, tf32_matmul
     from emd.data.datasets import DetectionDataset
     from emd.fer import load_fer
     from emd.fer_train import FerTrainConfig
@@ -305,7 +307,7 @@ def train_fers(cfg: ReproduceConfig) -> dict:
             fer = load_fer(fer_path(cfg, kind)).eval()
             if _maps_current(maps, fer, size, len(ds)): log.info(f"{maps}: current, kept"); continue
             log.info(f"FER maps ({kind}) of {len(ds)} frames at {size} px -> {maps}")
-            precompute_fer_features(fer.to(dev), ds, maps, device=dev)
+            with tf32_matmul(cfg.tf32): precompute_fer_features(fer.to(dev), ds, maps, device=dev)   # as the runs compute
     return out
 
 # %% ../nbs/54_reproduce.ipynb #a73ef21f

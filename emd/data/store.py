@@ -88,7 +88,8 @@ class FrameStore:
         write_json(self._marker(key), dict(key=key, outcome=asdict(outcome), rows=rows), indent=None)
 
     def markers(self) -> list:
-        return [json.loads(p.read_text()) for p in sorted((self.root / STATE).glob('*.json'))]
+        "The finished units' markers (a temporary file that an interrupted `write_marker` left behind is not one)."
+        return [json.loads(p.read_text()) for p in sorted((self.root / STATE).glob('*.json')) if not p.name.startswith('.')]
 
     def write_index(self, sort_by=('split', 'method', 'compression', 'video', 'frame')) -> pd.DataFrame:
         "Assemble `index.parquet` from the markers (atomically) and return it."
