@@ -90,8 +90,9 @@ def train_runs(runs: list, jobs: int = 1, progress: bool = True) -> pd.DataFrame
     import torch
     from multiprocessing import get_context
     from emd.core import run_parallel
-    todo = sorted([c for c in runs if not Run(c.out).finished(c)], key=_cost, reverse=True)
-    done = [dict(out=str(c.out), ok=True, seconds=0., skipped=True) for c in runs if Run(c.out).finished(c)]
+    finished = [Run(c.out).finished(c) for c in runs]
+    todo = sorted([c for c, f in zip(runs, finished) if not f], key=_cost, reverse=True)
+    done = [dict(out=str(c.out), ok=True, seconds=0., skipped=True) for c, f in zip(runs, finished) if f]
     if todo: log.info(f"training {len(todo)} runs ({len(done)} already done), {max(1, jobs)} at a time")
     def report(r):
         done.append(r)

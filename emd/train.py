@@ -294,6 +294,7 @@ class DetectorTrainer(Trainer):
         super().__init__(cfg, progress)
         self.dd = Dist(cfg.device); self.device = self.dd.device
         self.amp = autocast_dtype(cfg.amp, self.device)      # None: float32 (the default everywhere)
+        self.precision = precision_label(self.amp, cfg.tf32, self.device)
         self.fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.best_by = cfg.best_by
 
@@ -333,7 +334,7 @@ def before_fit(self: DetectorTrainer):
     if self.main:
         log.info(f"{cfg.model} on {', '.join(cfg.methods)} {'/'.join(cfg.compression)}: {len(self.train_ds)} training / "
                  f"{len(self.val_ds)} validation frames{' (SYNTHETIC)' if self.train_ds.store.synthetic else ''}, "
-                 f"{cfg.size} px, {dd.world} x {self.device}, {precision_label(self.amp, cfg.tf32, self.device)}")
+                 f"{cfg.size} px, {dd.world} x {self.device}, {self.precision}")
         try:
             from torch.utils.tensorboard import SummaryWriter
             self.tb = SummaryWriter(str(self.run.path / 'tensorboard'))
@@ -409,10 +410,9 @@ def summary_facts(self: DetectorTrainer) -> dict:
     at_best = self.history[self.best['epoch'] - 1] if self.best['epoch'] else {}
     facts = dict(model=self.cfg.model, best_val_accuracy=at_best.get('val_accuracy', float('nan')),
                  train_frames=len(self.train_ds), val_frames=len(self.val_ds), synthetic=self.train_ds.store.synthetic,
-                 device=str(self.device), processes=self.dd.world, precision=precision_label(self.amp, self.cfg.tf32, self.device),
+                 device=str(self.device), processes=self.dd.world, precision=self.precision,
                  rank_weight_digests=self.digests)
-    if self.cfg.predict and self.main: facts.update(self.predict_test())
-    return facts
+    return {**facts, **self.test}
 
 @patch
 def predict_test(self: DetectorTrainer) -> dict:
@@ -428,6 +428,7 @@ def predict_test(self: DetectorTrainer) -> dict:
 def finish(self: DetectorTrainer) -> dict | None:
     if self.tb is not None: self.tb.close()
     self.digests = self.dd.gather(_digest(self.model))
+    self.test = self.predict_test() if (self.cfg.predict and self.main) else {}
     s = Trainer.finish(self)
     self.dd.barrier()
     return s if self.main else None
