@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['log', 'THRESHOLD', 'AMP_MODES', 'EmdError', 'setup_logging', 'rng_for', 'seed_everything', 'param', 'Params',
-           'command', 'atomic_write', 'write_json', 'output_dir', 'is_manipulated', 'save_checkpoint',
+           'command', 'atomic_write', 'write_json', 'read_json', 'output_dir', 'is_manipulated', 'save_checkpoint',
            'load_checkpoint', 'write_csv_log', 'run_parallel', 'package_info', 'fast_bf16', 'resolve_device',
            'say_once', 'autocast_dtype', 'autocast', 'precision_label', 'keep_float32', 'tf32_matmul',
            'recompute_bn_stats']
@@ -218,15 +218,32 @@ def atomic_write(path):
     tmp = Path(tmp)
     try:
         yield tmp
+        _fsync(tmp)                     # the bytes are on disk before the name points at them (power loss)
         os.replace(tmp, path)
+        _fsync(path.parent, directory=True)
     finally:
         if tmp.exists(): tmp.unlink()
+
+def _fsync(path, directory: bool = False):
+    fd = os.open(path, os.O_RDONLY | (getattr(os, 'O_DIRECTORY', 0) if directory else 0))
+    try: os.fsync(fd)
+    except OSError:
+        if not directory: raise         # some file systems cannot sync a folder; the file itself must be synced
+    finally: os.close(fd)
 
 def write_json(path, obj, indent=1):
     "Write JSON atomically."
     with atomic_write(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=indent) + '\n')
     return Path(path)
+
+def read_json(path, what: str = 'file', fix: str = 'delete it and run the command that wrote it again'):
+    "Read a JSON file; a missing, unreadable or corrupt one is an `EmdError` naming the file, what it is and the fix."
+    path = Path(path)
+    try: return json.loads(path.read_text())
+    except FileNotFoundError: raise EmdError(f"{path} not found ({what})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise EmdError(f"{path} ({what}) cannot be read: {e}; {fix}") from None
 
 # %% ../nbs/00_core.ipynb #4cb3b42d
 def output_dir(path, force: bool = False, what: str = 'output') -> Path:
@@ -258,7 +275,7 @@ def load_checkpoint(path) -> dict:
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
-        raise EmdError(f"cannot read the checkpoint {path} ({type(e).__name__}); start over with --force") from None
+        raise EmdError(f"cannot read the checkpoint {path} ({type(e).__name__}: {e}); start over with --force") from None
 
 def write_csv_log(path, rows: list):
     "Write `rows` (dicts; later rows may add keys) as CSV, atomically."
