@@ -140,7 +140,7 @@ def finish(self: Trainer) -> dict:
     from emd.core import package_info
     s = dict(best_epoch=self.best['epoch'], best_score=self.best['score'], best_by=self.best_by, epochs=len(self.history),
              seconds=self.history[-1]['seconds'] if self.history else 0., **self.summary_facts(),
-             package=package_info(), config=self.cfg.to_dict())
+             package=package_info(), config=self.cfg.to_dict(), inputs=self.run.saved_settings().get('inputs', {}))
     if self.main:
         self.run.write_summary(s)
         log.info(f"best validation {self.best_by.replace('_', ' ')} {self.best['score']:.3f} at epoch {self.best['epoch']}")

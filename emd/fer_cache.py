@@ -69,13 +69,14 @@ def precompute_fer_features(model, ds, path, device='cpu', batch_size: int = 64,
     size = ds[0]['image'].shape[-1]
     feats = [select_branch_features(fer(fer_input(b['image'].to(device)))).features.float().cpu()
              for b in tqdm(DataLoader(ds, batch_size=batch_size), disable=not progress, desc='FER maps', unit='batch', leave=False)]
-    meta = dict(keys=json.dumps(ds.rows.image_path.tolist()), fer=fer_digest(fer), size=str(size))
+    data = getattr(getattr(ds, 'store', None), 'digest', None)      # the frame store's content digest
+    meta = dict(keys=json.dumps(ds.rows.image_path.tolist()), fer=fer_digest(fer), size=str(size), data=str(data))
     with atomic_write(path) as tmp: save_file(dict(features=torch.cat(feats).contiguous()), str(tmp), metadata=meta)
     return Path(path)
 
 # %% ../nbs/31a_fer_cache.ipynb #a04a3146
-def load_fer_features(path, fer: nn.Module, size: int) -> dict:
-    "The maps of a `precompute_fer_features` file as {frame path: FF}, after checking that `fer` and `size` made it."
+def load_fer_features(path, fer: nn.Module, size: int, data: str | None = None) -> dict:
+    "The maps of a `precompute_fer_features` file as {frame path: FF}, after checking that `fer` and `size` made it (and from the store whose digest is `data`)."
     from safetensors import safe_open
     path = Path(path)
     if not path.is_file(): raise EmdError(f"--fer-features {path} does not exist: make it with precompute_fer_features")
@@ -84,6 +85,9 @@ def load_fer_features(path, fer: nn.Module, size: int) -> dict:
     if meta.get('fer') != fer_digest(fer) or int(meta.get('size', -1)) != size:
         raise EmdError(f"--fer-features {path} was made by another FER or crop size (size {meta.get('size')}, this run "
                        f"{size}): precompute it again for this run's FER, or leave --fer-features out")
+    if data is not None and meta.get('data') != str(data):
+        raise EmdError(f"--fer-features {path} was made from other frames (store digest {meta.get('data')}, this run's store "
+                       f"{data}): precompute it again for this store, or leave --fer-features out")
     return dict(zip(json.loads(meta['keys']), feats))
 
 # %% ../nbs/31a_fer_cache.ipynb #7ee31ecb

@@ -78,6 +78,12 @@ class FerTrainConfig(Params):
         "What must not change between a run and its resumption."
         return {k: v for k, v in self.to_dict().items() if k not in ('out', 'data', 'resume', 'force', 'workers', 'device')}
 
+    def run_inputs(self) -> dict:
+        "Digests of what the run reads besides its settings: the AffectNet store and the code."
+        from emd.data.store import FrameStore
+        from emd.keys import code_digest
+        return dict(data=FrameStore(self.data).digest, code=code_digest('emd.fer_train'))
+
 # %% ../nbs/21_fer_train.ipynb #a15b7712
 @dataclass
 class Stage:

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .core import EmdError, atomic_write, write_json
+from .keys import code_digest
 from .metrics import evaluate_predictions, roc_of
 from .paper import FIGURE_CLAIMS, METHODS, QUALITIES, TITLES, paper_table, table1
 from .runs import Run, cell_run
@@ -42,7 +43,8 @@ def cell_metrics(work, model: str, method: str, compression: str, videos: int = 
         m = evaluate_predictions(frames, masks).loc['all'].to_dict()
         return {k: (None if isinstance(v, float) and np.isnan(v) else (float(v) if isinstance(v, (float, np.floating)) else int(v)))
                 for k, v in m.items()}
-    return cell_run(work, model, method, compression, videos)[0].metrics(f'{method}-{compression}', compute)
+    return cell_run(work, model, method, compression, videos)[0].metrics(f'{method}-{compression}', compute,
+                                                                        code=code_digest('emd.report'))
 
 # %% ../nbs/51_report.ipynb #e4078893
 METRIC_OF = {'cls_acc': 'frame_accuracy', 'seg_acc': 'pixel_accuracy'}

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from .core import (AMP_MODES, EmdError, Params, autocast, autocast_dtype, command, is_manipulated, log, param,
                       precision_label, recompute_bn_stats, seed_everything, tf32_matmul)
 from .data.datasets import detection_data, eval_loader, train_loader
+from .data.store import FrameStore
 from .engine import Dist, Trainer
 from .fer_cache import FerCache, fer_cache_for, load_fer_features
 from .registry import DetectorOutput, create_model, list_models, load_detector, model_spec, save_detector
@@ -102,6 +103,12 @@ class DetectorTrainConfig(Params):
         return {k: v for k, v in self.to_dict().items()
                 if k not in ('out', 'data', 'resume', 'force', 'workers', 'device', 'predict', 'epochs', 'fer_cache_gb',
                              'fer_features')}
+
+    def run_inputs(self) -> dict:
+        "Digests of what the run reads besides its settings: the frame store, the FER and encoder weights, the code."
+        from emd.keys import code_digest, path_digest
+        return dict(data=FrameStore(self.data).digest, fer=path_digest(self.fer),
+                    encoder_weights=path_digest(self.encoder_weights), code=code_digest('emd.train'))
 
     def model_options(self) -> dict:
         "The options of `create_model` that this run sets (those the model's builder takes)."
@@ -341,7 +348,8 @@ def before_fit(self: DetectorTrainer):
         except Exception:
             self.tb = None
     fer = getattr(self.model, 'fer', None)
-    self.maps = load_fer_features(cfg.fer_features, fer, cfg.size) if (cfg.fer_features and fer is not None) else None
+    self.maps = (load_fer_features(cfg.fer_features, fer, cfg.size, FrameStore(cfg.data).digest)
+                 if (cfg.fer_features and fer is not None) else None)
     self.train_cache = fer_cache_for(self.model, cfg, self.train_ds, self.maps)
     self.val_cache = fer_cache_for(self.model, cfg, self.val_ds, self.maps)
 
