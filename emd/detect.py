@@ -348,7 +348,8 @@ def _detect_one(f, analyser: Analyser, cfg: DetectConfig, out, name: str) -> dic
     "One file's row of summary.csv: its score and decision, or why it has none (any error but the disk's)."
     try: r = detect_file(f, analyser, cfg, out)['result']
     except Exception as e:
-        if write_failure(e) is not None: raise          # a full or read-only disk stops the command (core.command)
+        msg = write_failure(e)     # a full or read-only disk stops the command (core.command); an unreadable input not
+        if msg is not None and not msg.startswith('cannot access'): raise
         log.debug(f"{f}: {_describe(e)}", exc_info=True)
         if analyser.device.type == 'cuda': torch.cuda.empty_cache()     # after an out-of-memory, the next file
         status = 'undetermined' if isinstance(e, Undetermined) else 'error'
