@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['log', 'THRESHOLD', 'AMP_MODES', 'EmdError', 'setup_logging', 'rng_for', 'seed_everything', 'param', 'Params',
-           'command', 'atomic_write', 'write_json', 'read_json', 'output_dir', 'is_manipulated', 'save_checkpoint',
-           'load_checkpoint', 'write_csv_log', 'run_parallel', 'package_info', 'fast_bf16', 'resolve_device',
-           'say_once', 'autocast_dtype', 'autocast', 'precision_label', 'keep_float32', 'tf32_matmul',
+           'command', 'write_failure', 'atomic_write', 'write_json', 'read_json', 'output_dir', 'is_manipulated',
+           'save_checkpoint', 'load_checkpoint', 'write_csv_log', 'run_parallel', 'package_info', 'fast_bf16',
+           'resolve_device', 'say_once', 'autocast_dtype', 'autocast', 'precision_label', 'keep_float32', 'tf32_matmul',
            'recompute_bn_stats']
 
 # %% ../nbs/00_core.ipynb #ad81cf36
@@ -196,16 +196,48 @@ def command(params: type, prog: str, description: str, epilog='', extra=None):
         with_args = len(inspect.signature(fn).parameters) > 1
         @functools.wraps(fn)
         def entry(argv=None, prog: str = prog) -> int:
+            import signal
+            if hasattr(signal, 'SIGXFSZ'):
+                try: signal.signal(signal.SIGXFSZ, signal.SIG_IGN)     # over `ulimit -f`: EFBIG, not a silent death
+                except ValueError: pass                                  # not the main thread: leave it
             p = argparse.ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
                                         epilog=(epilog() if callable(epilog) else epilog) or None)
             params.add_arguments(p)
             if extra is not None: extra(p)
             args = p.parse_args(argv)
             cfg = params.from_args(args)
-            return (fn(cfg, args) if with_args else fn(cfg)) or 0
+            try: return (fn(cfg, args) if with_args else fn(cfg)) or 0
+            except Exception as e:                   # a full disk, a read-only --out: one line, exit 1
+                if (msg := write_failure(e, getattr(cfg, 'out', None), getattr(params, 'RERUN', None))) is None: raise
+                print(f'{prog}: error: {msg}', file=sys.stderr); return 1
         entry.__doc__ = f"Entry point of `{prog}`: {description}"
         return entry
     return deco
+
+# %% ../nbs/00_core.ipynb #99971a81
+import errno, re
+_WRITABLE = 'make the folder writable, or choose a writable --out'
+_DISK_FIXES = {errno.ENOSPC: 'free space on that disk, or choose an --out on another one',
+               errno.EDQUOT: 'free space within your disk quota, or choose an --out on another disk',
+               errno.EFBIG: 'raise the file size limit (ulimit -f), or choose an --out on a file system that takes larger files',
+               errno.EROFS: _WRITABLE, errno.EACCES: _WRITABLE, errno.EPERM: _WRITABLE}   # the last two: a read's too
+
+def write_failure(e: BaseException, out=None, rerun: str | None = None) -> str | None:
+    "One line for a failed write (full disk, quota, file size limit, read-only or protected folder) in `e` or its causes; else None."
+    seen = set()
+    while e is not None and id(e) not in seen and not isinstance(e, EmdError):
+        seen.add(id(e))
+        code = getattr(e, 'errno', None) if isinstance(e, OSError) else None
+        if isinstance(e, OSError) and code not in _DISK_FIXES:     # a library's OSError that only says it in words
+            code = next((c for c in list(_DISK_FIXES)[:4] if os.strerror(c) in str(e)), code)
+        if code in _DISK_FIXES:
+            f = getattr(e, 'filename', None)      # for atomic_write's temporary (.STEM.xxxxxxxx.partial.SUFFIX), its file
+            m = re.fullmatch(r'(.*/)?\.(.+)\.[a-z0-9_]{8}\.partial(\.[^./]*)?', str(f))
+            what = ''.join(g or '' for g in m.groups()) if m else f or (f'a file under {out}' if out else 'a file')
+            return (f"cannot {'access' if code in (errno.EACCES, errno.EPERM) else 'write'} {what}: {os.strerror(code)}; "
+                    f"{_DISK_FIXES[code]}; {rerun or 'rerunning the same command resumes where it stopped'}")
+        e = e.__cause__ or e.__context__
+    return None
 
 # %% ../nbs/00_core.ipynb #a66da394
 @contextmanager

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import EmdError, atomic_write, keep_float32, write_json
+from .core import EmdError, atomic_write, keep_float32, read_json, write_json
 
 # %% ../nbs/20_fer.ipynb #32484d6a
 FER_CLASSES = ('Neutral', 'Happy', 'Sad', 'Surprise', 'Fear', 'Disgust', 'Anger', 'Contempt')
@@ -224,6 +224,15 @@ def save_fer(model: nn.Module, folder, **extra) -> Path:
     return folder / 'fer.safetensors'
 
 # %% ../nbs/20_fer.ipynb #e5adf229
+def _fer_from_json(path) -> nn.Module:
+    "The (untrained) recogniser a `fer.json` describes; an `EmdError` naming it when it is corrupt or incomplete."
+    again = 'copy the FER folder again, or train it again with emd train fer'
+    cfg = read_json(path, 'the FER description emd train fer writes beside the weights', again)
+    if not isinstance(cfg, dict) or 'kind' not in cfg:
+        raise EmdError(f"{path}: no 'kind' ('esr' or 'simfer': the architecture) in it; {again}")
+    try: return build_fer(cfg)
+    except (EmdError, TypeError, ValueError) as e: raise EmdError(f"{path}: {e}; {again}") from None
+
 def load_fer(path) -> nn.Module:
     "A recogniser from a `save_fer` folder, a training run (its best weights), or a folder of published ESR-9 files."
     from safetensors.torch import load_file
@@ -235,7 +244,7 @@ def load_fer(path) -> nn.Module:
         if cand.is_file() and cand.suffix == '.safetensors':
             cfg_path = cand.with_suffix('.json')
             if not cfg_path.is_file(): raise EmdError(f"{cand} has no {cfg_path.name} beside it describing the architecture")
-            model = build_fer(json.loads(cfg_path.read_text()))
+            model = _fer_from_json(cfg_path)
             res = model.load_state_dict(load_file(str(cand)), strict=False)
             if res.missing_keys or res.unexpected_keys:
                 raise EmdError(f"{cand} does not match its {cfg_path.name}: missing {res.missing_keys[:5]}, "

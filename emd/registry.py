@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, NamedTuple
 
-from .core import EmdError, atomic_write, write_json
+from .core import EmdError, atomic_write, read_json, write_json
 from .runs import Run
 
 if TYPE_CHECKING: import torch   # for the annotations only: the registry imports no deep-learning library
@@ -90,6 +90,17 @@ def save_detector(model, folder, **facts) -> Path:
     write_json(folder / 'model.json', dict(model=raw.spec.name, options=opts, **facts))
     return folder / 'model.safetensors'
 
+_AGAIN = 'copy the run folder again, or train it again with emd train detector'
+
+def _read_model_json(path) -> dict:
+    "A detector's `model.json`: an `EmdError` naming it when it is missing, corrupt or incomplete."
+    meta = read_json(path, 'the model description emd train detector writes beside the weights', _AGAIN)
+    if not isinstance(meta, dict) or not isinstance(meta.get('model'), str):
+        raise EmdError(f"{path}: no 'model' (the registered name of the architecture) in it; {_AGAIN}")
+    if not isinstance(meta.get('options', {}), dict):
+        raise EmdError(f"{path}: its 'options' are not a mapping of build options; {_AGAIN}")
+    return meta
+
 def load_detector(path, device='cpu'):
     "A detector from a training run (its best epoch), a `best/` folder or a `model.safetensors` file."
     from safetensors.torch import load_file
@@ -99,8 +110,10 @@ def load_detector(path, device='cpu'):
     if f is None: raise EmdError(f"no detector weights in {path}: expected RUN/best/model.safetensors from emd train detector")
     meta_path = f.with_suffix('.json')
     if not meta_path.is_file(): raise EmdError(f"{f} has no {meta_path.name} beside it describing the model")
-    meta = json.loads(meta_path.read_text())
-    model = create_model(meta['model'], **meta.get('options', {}))
+    meta = _read_model_json(meta_path)
+    try: model = create_model(meta['model'], **meta.get('options', {}))
+    except (EmdError, TypeError, ValueError) as e:
+        raise EmdError(f"{meta_path}: its options do not build a {meta['model']!r} model ({e}); {_AGAIN}") from None
     sd = load_file(str(f))
     own = model.state_dict()
     missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
