@@ -298,8 +298,10 @@ def is_manipulated(p, threshold: float = THRESHOLD):
 # %% ../nbs/00_core.ipynb #6309c792
 def save_checkpoint(path, **state):
     "Write a checkpoint (tensors, numbers, strings, lists and dicts of them) atomically."
+    import io
     import torch
-    with atomic_write(path) as tmp: torch.save(state, tmp)
+    buf = io.BytesIO(); torch.save(state, buf)      # serialised first: a full disk is then an OSError naming its errno
+    with atomic_write(path) as tmp: tmp.write_bytes(buf.getbuffer())
 
 def load_checkpoint(path) -> dict:
     "Read a `save_checkpoint` file on the CPU with `weights_only=True`."

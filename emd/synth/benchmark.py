@@ -56,6 +56,7 @@ class SynthConfig(Params):
     preset: str = param('medium', 'libx264 preset (FF++ used the default, medium)')
     workers: int = param(0, 'processes (0: one per CPU core)')
     force: bool = param(False, 'write into a non-empty folder, replacing what SynthForensics wrote there')
+    RERUN = 'run it again with --force: SynthForensics is written again from the start'   # after a full disk
     PROFILES = {
         'smoke': dict(),
         'mini': dict(videos=200, frames=100, frames_jitter=40, width=384, height=288, face_scale=(.16, .22),
