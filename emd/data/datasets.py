@@ -77,11 +77,16 @@ class DetectionDataset(Dataset):
 
     def __len__(self): return len(self.rows)
 
+    def _read(self, rel: str, what: str, flags=cv2.IMREAD_COLOR) -> np.ndarray:
+        img = cv2.imread(str(self.store.root / rel), flags)
+        if img is None:
+            raise EmdError(f"cannot read the {what} {self.store.root / rel}: the store is incomplete; run the same emd "
+                           "prepare ffpp command again (it prepares again every video whose files are missing)")
+        return img
+
     def __getitem__(self, i):
-        root = self.store.root
-        img = cv2.imread(str(root / self._img[i]))
-        if img is None: raise EmdError(f"cannot read {root / self._img[i]}: the store is incomplete; run emd prepare again")
-        m = cv2.imread(str(root / self._mask[i]), cv2.IMREAD_GRAYSCALE) if self._mask[i] else None
+        img = self._read(self._img[i], 'crop')
+        m = self._read(self._mask[i], 'mask of a manipulated frame', cv2.IMREAD_GRAYSCALE) if self._mask[i] else None
         image = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(img[..., ::-1])).permute(2, 0, 1))
         mask = tv_tensors.Mask(torch.from_numpy(m > 127)[None] if m is not None else torch.zeros((1,) + img.shape[:2], dtype=torch.bool))
         if self.transform is not None: image, mask = self.transform(image, mask)
