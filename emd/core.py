@@ -241,8 +241,8 @@ def write_failure(e: BaseException, out=None, rerun: str | None = None) -> str |
 
 # %% ../nbs/00_core.ipynb #a66da394
 @contextmanager
-def atomic_write(path):
-    "Yield a temporary path next to `path`; rename it to `path` if the block succeeds."
+def atomic_write(path, sync: bool = True):
+    "Yield a temporary path next to `path`; rename it to `path` if the block succeeds (after `fsync`, unless `sync=False`)."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.stem}.', suffix='.partial' + path.suffix, dir=path.parent)
@@ -250,9 +250,9 @@ def atomic_write(path):
     tmp = Path(tmp)
     try:
         yield tmp
-        _fsync(tmp)                     # the bytes are on disk before the name points at them (power loss)
+        if sync: _fsync(tmp)            # the bytes are on disk before the name points at them (power loss)
         os.replace(tmp, path)
-        _fsync(path.parent, directory=True)
+        if sync: _fsync(path.parent, directory=True)
     finally:
         if tmp.exists(): tmp.unlink()
 

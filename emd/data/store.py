@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from ..core import EmdError, log, package_info, read_json, write_json
+from ..core import EmdError, atomic_write, log, package_info, read_json, write_json
 from ..keys import digest, file_digest
 
 
@@ -201,10 +201,11 @@ class FrameStore:
 
 # %% ../../nbs/11_data_store.ipynb #0f068245
 def save_image(path: Path, img: np.ndarray, fmt: str = 'png', quality: int = 95):
-    "Write a crop or mask (PNG, or JPEG at `quality`)."
-    path.parent.mkdir(parents=True, exist_ok=True)
+    "Write a crop or mask (PNG, or JPEG at `quality`) whole or not at all: encoded in memory, then written atomically."
     params = [cv2.IMWRITE_PNG_COMPRESSION, 1] if fmt == 'png' else [cv2.IMWRITE_JPEG_QUALITY, quality]
-    if not cv2.imwrite(str(path), img, params): raise EmdError(f"could not write {path} (disk full or not writable?)")
+    ok, buf = cv2.imencode('.png' if fmt == 'png' else '.jpg', img, params)
+    if not ok: raise EmdError(f"could not encode {path} as {fmt}")
+    with atomic_write(path, sync=False) as tmp: tmp.write_bytes(buf.tobytes())   # a full disk: OSError, no half file
 
 # %% ../../nbs/11_data_store.ipynb #cd487317
 _PART = re.compile(r'[A-Za-z0-9_-][A-Za-z0-9._-]*')
