@@ -13,11 +13,13 @@ __all__ = ['log', 'THRESHOLD', 'AMP_MODES', 'EmdError', 'setup_logging', 'rng_fo
 import argparse
 import csv
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
 import os
 import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -215,7 +217,6 @@ def command(params: type, prog: str, description: str, epilog='', extra=None):
     return deco
 
 # %% ../nbs/00_core.ipynb #99971a81
-import errno, re
 _WRITABLE = 'make the folder writable, or choose a writable --out'
 _DISK_FIXES = {errno.ENOSPC: 'free space on that disk, or choose an --out on another one',
                errno.EDQUOT: 'free space within your disk quota, or choose an --out on another disk',

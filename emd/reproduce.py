@@ -9,7 +9,6 @@ __all__ = ['STAGE_LIST', 'STAGES', 'OUTPUT_FILES', 'TABLES', 'FIGURES', 'worker_
            'machine_info', 'write_manifest', 'check_outputs', 'explain_run', 'reproduce_cli']
 
 # %% ../nbs/54_reproduce.ipynb #62adae1f
-import hashlib
 import json
 import os
 import platform

@@ -73,8 +73,8 @@ def start(self: Run, cfg, main: bool = True, barrier=lambda: None) -> dict | Non
         saved = self.saved_settings()
         diff = {k: (saved.get(k), v) for k, v in cfg.run_settings().items() if saved.get(k) != v}
         if diff: raise EmdError(f"--resume: the run in {self.path} was started with other settings {diff} (saved, given)")
-        now = self.inputs(cfg)
-        changed = sorted(k for k in set(now) | set(saved.get('inputs', {})) if saved.get('inputs', {}).get(k) != now.get(k))
+        now, was = self.inputs(cfg), saved.get('inputs', {})
+        changed = sorted(k for k in set(now) | set(was) if was.get(k) != now.get(k))
         if changed: raise EmdError(f"--resume: what the run in {self.path} reads has changed since it started ({', '.join(changed)}); "
                                    f"start it over with --force")
         return load_checkpoint(self.checkpoint_file)
