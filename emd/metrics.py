@@ -158,6 +158,8 @@ def evaluate_predictions(frames: pd.DataFrame, masks=None) -> pd.DataFrame:
 
 # %% ../nbs/40_metrics.ipynb #22bb9db5
 def roc_of(frames: pd.DataFrame, masks=None) -> dict:
-    "The frame ROC and, with masks, the pixel ROC of a run's predictions: {'frames': Roc, 'pixels': Roc or None}."
-    return dict(frames=roc(frames.prob, frames.label),
-                pixels=PixelRoc().add(masks[0], masks[1]).roc() if masks is not None else None)
+    "The frame ROC and, with masks, the pixel ROCs of a run's predictions: over every test frame and over the manipulated ones."
+    if masks is None: return dict(frames=roc(frames.prob, frames.label), pixels=None, pixels_manipulated=None)
+    fake = frames.label.to_numpy() > .5
+    return dict(frames=roc(frames.prob, frames.label), pixels=PixelRoc().add(masks[0], masks[1]).roc(),
+                pixels_manipulated=PixelRoc().add(masks[0][fake], masks[1][fake]).roc() if fake.any() else None)

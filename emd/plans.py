@@ -98,10 +98,10 @@ PLANS = {
                   affectnet={}, esr=dict(profile='smoke', epochs=2, max_per_class=40, precise_bn=10),
                   simfer=dict(profile='smoke', model='simfer'), detector=dict(profile='smoke', **_POOLED, epochs=3),
                   models=_SMOKE_MODELS, training_sizes=(.25, .5), fer_maps=True, pooled=True, jobs=2, seconds=1080),
-    'mini': Plan(synthetic=True, synth=dict(profile='mini'), ffpp=dict(size=256, frames_train=20, frames_eval=10),
+    'mini': Plan(synthetic=True, synth=dict(profile='mini'), ffpp=dict(size=299, frames_train=20, frames_eval=10),
                  affectnet={}, esr=dict(profile='smoke', epochs=6), simfer=dict(profile='smoke', model='simfer', epochs=6),
                  detector=dict(profile='paper', epochs_phase1=0, epochs=8), training_sizes=(.05, .15, .3, .6), jobs=1),
-    'paper': Plan(synthetic=False, synth=None, ffpp=dict(size=256, frames_train=200, frames_eval=10), affectnet={},
+    'paper': Plan(synthetic=False, synth=None, ffpp=dict(size=299, frames_train=200, frames_eval=10), affectnet={},
                   esr=dict(profile='paper'), simfer=dict(profile='paper', model='simfer'), detector=dict(profile='paper'),
                   training_sizes=(10, 50, 100, 300, 500), jobs=1),
 }

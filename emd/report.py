@@ -139,7 +139,7 @@ def save_figure(fig, out, stem: str) -> list:
 
 # %% ../nbs/51_report.ipynb #1cd58f5f
 def roc_figure(with_fer: tuple, without_fer: tuple, title: str, note: str = ''):
-    "ROC plot: classification (solid) and segmentation (dotted), with (blue) and without (orange) FER; each a (frames, masks)."
+    "ROC plot: classification (solid) and segmentation (dotted: every test frame's pixels), with (blue) and without (orange) FER; each a (frames, masks)."
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(5.2, 4.6))
     aucs = {}
@@ -149,9 +149,12 @@ def roc_figure(with_fer: tuple, without_fer: tuple, title: str, note: str = ''):
                 label=f"{label}, detection: AUC {r['frames'].auc:.3f}")
         aucs[label] = dict(detection=r['frames'].auc)
         if r['pixels'] is not None:
+            fake = r['pixels_manipulated']
             ax.plot(r['pixels'].fpr, r['pixels'].tpr, ':', color=colour, lw=2,
-                    label=f"{label}, segmentation: AUC {r['pixels'].auc:.3f}")
-            aucs[label]['segmentation'] = r['pixels'].auc
+                    label=f"{label}, segmentation: AUC {r['pixels'].auc:.3f}"
+                          + (f" (manipulated frames only: {fake.auc:.3f})" if fake is not None else ''))
+            aucs[label]['segmentation'] = r['pixels'].auc                   # every test frame's pixels (plotted)
+            aucs[label]['segmentation_manipulated_frames'] = fake.auc if fake is not None else float('nan')
     ax.plot([0, 1], [0, 1], color='0.8', lw=.8, zorder=0)
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel='false positive rate', ylabel='true positive rate')
     import textwrap

@@ -22,11 +22,12 @@ from fastcore.basics import patch
 from torch.utils.data import DataLoader
 
 from .core import (AMP_MODES, EmdError, Params, autocast, autocast_dtype, command, is_manipulated, log, param,
-                      precision_label, recompute_bn_stats, seed_everything, tf32_matmul)
+                      precision_label, recompute_bn_stats, say_once, seed_everything, tf32_matmul)
 from .data.datasets import detection_data, eval_loader, train_loader
 from .data.store import FrameStore
 from .engine import Dist, Trainer
 from .fer_cache import FerCache, fer_cache_for, load_fer_features
+from .models import CONCAT_INITS
 from .registry import DetectorOutput, create_model, list_models, load_detector, model_spec, save_detector
 
 # %% ../nbs/31_train.ipynb #1bb1fce8
@@ -47,6 +48,9 @@ class DetectorTrainConfig(Params):
     encoder_width: float = param(1., "channels of every encoder block times this (1: the published Xception; "
                                      "smaller: a CPU-sized variant, randomly initialised)")
     decoder_channels: int = param(256, "channels of the DeepLabv3+ decoder (smp's default: 256)")
+    concat_init: str = param('fresh', "EmdNet with FER: the layer after the FER concatenation initialised anew (fresh: "
+                                       "the paper, IV-B) or holding the encoder's weights for its old inputs and zero "
+                                       "for the FER's (zero: starts as the network without FER)", choices=CONCAT_INITS)
     size: int = param(256, 'side of the crops given to the model, in pixels (EmdNet needs a multiple of 16)')
     input_size: int = param(0, "side the model itself resizes the crops to, for models that have one of their own "
                                "(0: its paper's: Xception 299, MesoNet and MultiTask 256, steganalysis 128)")
@@ -94,7 +98,8 @@ class DetectorTrainConfig(Params):
         if self.data is None: raise EmdError("--data is required: the frame store written by `emd prepare ffpp`")
         if self.out is None: raise EmdError("--out is required: the run folder to write")
         model_spec(self.model)
-        if self.size % 16: raise EmdError(f"--size {self.size} is not a multiple of 16 (EmdNet's output stride)")
+        if self.size % 16 and 'encoder' in self._takes():
+            raise EmdError(f"--size {self.size} is not a multiple of 16 (EmdNet's output stride)")
         if self.batch_size < 2: raise EmdError("--batch-size must be at least 2 (batch norm in ASPP's pooling branch)")
         if self.epochs_phase1 + self.epochs < 1: raise EmdError("nothing to train: --epochs-phase1 + --epochs is 0")
 
@@ -110,17 +115,21 @@ class DetectorTrainConfig(Params):
         return dict(data=FrameStore(self.data).digest, fer=path_digest(self.fer),
                     encoder_weights=path_digest(self.encoder_weights), code=code_digest('emd.train'))
 
+    def _takes(self) -> set:
+        "The options the model's builder takes."
+        import inspect
+        return set(inspect.signature(model_spec(self.model).build).parameters)
+
     def model_options(self) -> dict:
         "The options of `create_model` that this run sets (those the model's builder takes)."
-        import inspect
-        spec = model_spec(self.model)
-        takes = inspect.signature(spec.build).parameters
+        spec, takes = model_spec(self.model), self._takes()
         opts = {}
         if 'encoder' in takes: opts['encoder'] = self.encoder
         if 'encoder_weights' in takes: opts['encoder_weights'] = self.encoder_weights or None
         if 'width' in takes and self.encoder_width != 1: opts['width'] = self.encoder_width
         if 'decoder_channels' in takes and self.decoder_channels != 256: opts['decoder_channels'] = self.decoder_channels
         if 'input_size' in takes and self.input_size: opts['input_size'] = self.input_size
+        if 'concat_init' in takes and spec.fer: opts['concat_init'] = self.concat_init
         if spec.fer: opts['fer'] = self.fer or None
         return opts
 
@@ -342,6 +351,10 @@ def before_fit(self: DetectorTrainer):
         log.info(f"{cfg.model} on {', '.join(cfg.methods)} {'/'.join(cfg.compression)}: {len(self.train_ds)} training / "
                  f"{len(self.val_ds)} validation frames{' (SYNTHETIC)' if self.train_ds.store.synthetic else ''}, "
                  f"{cfg.size} px, {dd.world} x {self.device}, {self.precision}")
+        stored = FrameStore(cfg.data).meta.get('settings', {}).get('size')
+        if stored and stored < cfg.size:
+            say_once(f"{cfg.data} holds {stored} px crops, upsampled to --size {cfg.size}: prepare the store at {cfg.size} px "
+                     f"or more (emd prepare ffpp --size), so that crops are only ever resized down")
         try:
             from torch.utils.tensorboard import SummaryWriter
             self.tb = SummaryWriter(str(self.run.path / 'tensorboard'))
@@ -411,6 +424,13 @@ def keep_best(self: DetectorTrainer, ev: dict):
     save_detector(self.model, self.run.best, val_accuracy=ev['accuracy'], epoch=self.epoch + 1,
                   synthetic=self.train_ds.store.synthetic, size=cfg.size, methods=list(cfg.methods),
                   compression=list(cfg.compression), trained_on=str(cfg.data))
+
+# %% ../nbs/31_train.ipynb #52d4eb3f
+@patch
+def improved(self: DetectorTrainer, ev: dict) -> bool:
+    "Whether this epoch becomes the best: only phase-2 epochs compete (the paper's best of the 20 epochs after phase 1)."
+    if self.phase == 1 and self.cfg.epochs > 0: return False
+    return Trainer.improved(self, ev)
 
 # %% ../nbs/31_train.ipynb #99c061a2
 @patch
