@@ -111,7 +111,7 @@ def bench_train(store, models, device, steps: int = 4, batch_size: int = 8, seed
         _reset_peak(device)
         try:
             r = training_throughput(cfg, steps=steps, warmup=2)
-            rows.append(dict(model=m, input=size, batch=batch_size,
+            rows.append(dict(model=m, input=size, batch=batch_size, amp=cfg.amp, tf32=cfg.tf32,
                              end_to_end=round(r['end_to_end_images_per_s'], 2),
                              alone=round(r['model_alone_images_per_s'], 2), ratio=round(r['ratio'], 2),
                              **peak_memory(device)))

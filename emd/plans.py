@@ -44,6 +44,9 @@ class ReproduceConfig(Params):
                               'tensor cores (faster; 10-bit mantissa)')
     seed: int = param(0, 'random seed of every stage')
     force: bool = param(False, 'run every stage again, even when nothing changed')
+    dry_run: bool = param(False, 'paper: only print and write OUT/paper-plan.md, every training run with its recipe, '
+                                 'frames and estimated GPU-hours (frames counted from the split files and CSVs of '
+                                 '--ffpp/--affectnet, else from the published counts); nothing is trained')
     PROFILES = {'tiny': {}, 'smoke': {}, 'mini': {}, 'paper': {}}
 
     @property
@@ -51,7 +54,7 @@ class ReproduceConfig(Params):
 
     def check(self):
         if self.profile == 'paper':
-            missing = [k for k in ('ffpp', 'affectnet') if getattr(self, k) is None]
+            missing = [k for k in ('ffpp', 'affectnet') if getattr(self, k) is None and not self.dry_run]
             if missing:
                 raise EmdError(f"--profile paper reproduces the paper on your own data: give "
                                + ' and '.join(f'--{k} ROOT' for k in missing)

@@ -154,7 +154,7 @@ def stage_parameters(cfg: ReproduceConfig) -> dict:
     for k in ('ffpp', 'affectnet'):
         if d[k]: d[k] = str(Path(d[k]).resolve())
     d['jobs'] = cfg.jobs or plan_of(cfg.profile).jobs
-    d.pop('only')
+    d.pop('only'); d.pop('dry_run')
     return d
 
 def forced(cfg: ReproduceConfig, name: str) -> bool:
@@ -232,6 +232,7 @@ def run_stage(stage: Stage, params: dict, executed: Path, cwd: Path) -> float:
 def reproduce(cfg: ReproduceConfig) -> dict:
     "Run the stages in order, skipping unchanged ones; writes OUT/manifest.json and returns it."
     cfg.check()
+    if cfg.dry_run: from emd.paper_plan import write_plan; return write_plan(cfg)   # nothing trained
     from emd.core import fast_bf16
     fast_bf16('cpu')                                     # a wrong EMD_BF16_FAST fails now, not after every stage
     bad = set(cfg.only) - set(STAGES)
