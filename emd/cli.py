@@ -23,6 +23,10 @@ COMMANDS = {
         'fer': ('emd.fer_train', 'fer_train_cli', 'train the FER ensemble (ESR-9) on AffectNet crops (Eq. 1)'),
         'detector': ('emd.train', 'train_cli', "train a detector (EMD or a baseline) with the paper's two-phase recipe"),
     },
+    'fer': {
+        'framing': ('emd.fer_framing', 'fer_framing_cli',
+                    "FER accuracy per framing (whole 1.3x crop or face box) on SynthForensics (JSON + Markdown)"),
+    },
     'reproduce': ('emd.reproduce', 'reproduce_cli', 'regenerate Tables I-V and Figs. 4-7 with papermill (smoke: synthetic, CPU)'),
     'detect': ('emd.detect', 'detect_cli', 'is this video (image, folder) manipulated? per-frame scores, masks, overlay video'),
     'bench': ('emd.bench', 'bench_cli', 'time preparation, training and inference on this machine (JSON + Markdown)'),

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core import EmdError, Params, command, log, param, read_json, run_parallel, write_json
-from .faces import crop, crop_box, crop_mask, detect_face, fill_missing
+from .faces import CROP_SCALE, crop, crop_box, crop_mask, detect_face, fill_missing
 from .store import FrameStore, Outcome, save_image, synthforensics, unsafe_name
 from ..keys import code_digest, file_digest
 from ..video import probe, read_frames
@@ -45,7 +45,7 @@ class FFppConfig(Params):
     sampling: str = param('even', 'which frames: evenly spaced from first to last, or the first ones',
                           choices=('even', 'first'))
     size: int = param(256, 'side of the stored square crops, in pixels')
-    scale: float = param(1.3, "crop side / detected face side (FF++'s 1.3)")
+    scale: float = param(CROP_SCALE, "crop side / detected face side (FF++'s 1.3)")
     upsample: int = param(1, "dlib's upsampling of the frame before detection (FF++: 1)")
     share_detections: bool = param(True, "detect each target's face once, on its real video, and reuse the boxes for "
                                          "its other qualities and its fakes (a fake's face sits where its target's is)")

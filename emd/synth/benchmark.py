@@ -23,7 +23,7 @@ import numpy as np
 from ..core import EmdError, Params, command, log, output_dir, package_info, param, rng_for, run_parallel, write_json
 from .faces import EXPRESSIONS, Expression, Identity, Light, Pose, expression
 from .render import background, render
-from .videos import MANIPULATIONS, make_script, manipulate, render_video
+from .videos import MANIPULATIONS, _as_long_as, make_script, manipulate, render_video
 from ..video import CRF, write_video
 
 # %% ../../nbs/04_synth_benchmark.ipynb #33bb9d87
@@ -133,7 +133,9 @@ def _truth(path, **kw):
 
 # %% ../../nbs/04_synth_benchmark.ipynb #d7055125
 def make_video(cfg: SynthConfig, root, v: int, partner: int) -> dict:
-    "Render real video `v`, its fakes `v_partner` and their masks; write them and their ground truth."
+    """Render real video `v`, its fakes `v_partner` and their masks; write them and their ground truth. A fake's
+    `expression` is one class per frame: the source's for Face2Face (played forwards and backwards, as `manipulate`
+    plays it, when the source is shorter), the target's for the others."""
     cv2.setNumThreads(1)
     root, name = Path(root), video_name(cfg, v)
     s = video_script(cfg, v)
@@ -154,7 +156,7 @@ def make_video(cfg: SynthConfig, root, v: int, partner: int) -> dict:
         write_video(paths['mask'], mk, cfg.mask_crf, cfg.fps, cfg.preset, gray=True)
         _truth(gt / m / f'{fname}.json', name=fname, method=m, target=name, source=video_name(cfg, partner),
                frames=len(fk), boxes=_boxes(lm[:len(fk)]), landmarks=np.round(flm, 1).tolist(),
-               expression=(src.labels if m == 'Face2Face' else s.labels)[:len(fk)],
+               expression=(_as_long_as(src, len(fk)) if m == 'Face2Face' else s).labels[:len(fk)],
                mask_fraction=np.round((mk > 0).mean((1, 2)), 4).tolist())
         fakes[m] = len(fk)
     return dict(video=name, frames=len(real), fakes=fakes)
