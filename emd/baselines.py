@@ -217,9 +217,9 @@ def _tconv_bn_relu(cin, cout, stride=1):
 class MultiTask(FerStream, nn.Module):
     "ClassNSeg's Y-shaped autoencoder: classification by latent activations, segmentation, reconstruction; optional FER map."
     uses_labels = True
-    def __init__(self, fer: nn.Module | None = None, input_size: int = 256):
+    def __init__(self, fer: nn.Module | None = None, input_size: int = 256, fer_framing: str = 'crop'):
         super().__init__()
-        self.input_size = input_size
+        self.input_size, self.fer_framing = input_size, fer_framing
         enc = [(3, 8, 1), (8, 8, 2), (8, 16, 1), (16, 16, 2), (16, 32, 1), (32, 32, 2), (32, 64, 1), (64, 64, 2), (64, 128, 1)]
         self.encoder = nn.Sequential(*[l for a, b, st in enc for l in _conv_bn_relu(a, b, st)])
         self.shared = nn.Sequential(*_tconv_bn_relu(128, 64), *_tconv_bn_relu(64, 64, 2), *_tconv_bn_relu(64, 32),
@@ -279,13 +279,15 @@ def multitask(input_size: int = 256): return MultiTask(None, input_size)
 @register_model('multitask_ensfer', 'MultiTask + EnsFER: MultiTask with the selected ESR-9 map in its latent',
                 segments=True, fer='esr', tables='II III IV V', recipe=MULTITASK_RECIPE,
                 profiles=MULTITASK_SMOKE)
-def multitask_ensfer(fer=None, input_size: int = 256): return MultiTask(frozen_fer(fer, 'esr'), input_size)
+def multitask_ensfer(fer=None, input_size: int = 256, fer_framing: str = 'crop'):
+    return MultiTask(frozen_fer(fer, 'esr'), input_size, fer_framing)
 
 # %% ../nbs/33_baselines.ipynb #4081d6a5
 @register_model('multitask_simfer', 'MultiTask + SimFER: MultiTask with the SimFER map in its latent',
                 segments=True, fer='simfer', tables='V', recipe=MULTITASK_RECIPE,
                 profiles=MULTITASK_SMOKE)
-def multitask_simfer(fer=None, input_size: int = 256): return MultiTask(frozen_fer(fer, 'simfer'), input_size)
+def multitask_simfer(fer=None, input_size: int = 256, fer_framing: str = 'crop'):
+    return MultiTask(frozen_fer(fer, 'simfer'), input_size, fer_framing)
 
 # %% ../nbs/33_baselines.ipynb #11c1f0e5
 RESIDUAL_KERNEL = (1., -3., 3., -1.)

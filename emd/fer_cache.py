@@ -56,8 +56,9 @@ def fer_digest(fer: nn.Module) -> str:
 
 # %% ../nbs/31a_fer_cache.ipynb #3afe897d
 @torch.no_grad()
-def precompute_fer_features(model, ds, path, device='cpu', batch_size: int = 64, progress: bool = False) -> Path:
-    "Compute FF (Eq. 5) of every frame of `ds` with a FER (or a detector's frozen FER) and save them, keyed by frame path."
+def precompute_fer_features(model, ds, path, device='cpu', batch_size: int = 64, progress: bool = False,
+                            framing: str | None = None) -> Path:
+    "Compute FF (Eq. 5) of every frame of `ds` with a FER (or a detector's frozen FER) and save them, keyed by frame path; `framing`: the FER input's (default: the detector's, else 'crop')."
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
     from emd.data.datasets import fer_input
@@ -66,17 +67,19 @@ def precompute_fer_features(model, ds, path, device='cpu', batch_size: int = 64,
     fer = getattr(raw, 'fer', raw)
     if not hasattr(fer, 'feature_channels'): raise EmdError(f"{type(raw).__name__} has no FER stream: nothing to precompute")
     fer = fer.to(device).eval()
+    framing = framing or getattr(raw, 'fer_framing', 'crop')
     size = ds[0]['image'].shape[-1]
-    feats = [select_branch_features(fer(fer_input(b['image'].to(device)))).features.float().cpu()
+    feats = [select_branch_features(fer(fer_input(b['image'].to(device), framing=framing))).features.float().cpu()
              for b in tqdm(DataLoader(ds, batch_size=batch_size), disable=not progress, desc='FER maps', unit='batch', leave=False)]
     data = getattr(getattr(ds, 'store', None), 'digest', None)      # the frame store's content digest
-    meta = dict(keys=json.dumps(ds.rows.image_path.tolist()), fer=fer_digest(fer), size=str(size), data=str(data))
+    meta = dict(keys=json.dumps(ds.rows.image_path.tolist()), fer=fer_digest(fer), size=str(size), data=str(data),
+                framing=framing)
     with atomic_write(path) as tmp: save_file(dict(features=torch.cat(feats).contiguous()), str(tmp), metadata=meta)
     return Path(path)
 
 # %% ../nbs/31a_fer_cache.ipynb #a04a3146
-def load_fer_features(path, fer: nn.Module, size: int, data: str | None = None) -> dict:
-    "The maps of a `precompute_fer_features` file as {frame path: FF}, after checking that `fer` and `size` made it (and from the store whose digest is `data`)."
+def load_fer_features(path, fer: nn.Module, size: int, data: str | None = None, framing: str = 'crop') -> dict:
+    "The maps of a `precompute_fer_features` file as {frame path: FF}, after checking that `fer`, `size` and `framing` made it (and from the store whose digest is `data`)."
     from safetensors import safe_open
     path = Path(path)
     if not path.is_file(): raise EmdError(f"--fer-features {path} does not exist: make it with precompute_fer_features")
@@ -85,6 +88,9 @@ def load_fer_features(path, fer: nn.Module, size: int, data: str | None = None) 
     if meta.get('fer') != fer_digest(fer) or int(meta.get('size', -1)) != size:
         raise EmdError(f"--fer-features {path} was made by another FER or crop size (size {meta.get('size')}, this run "
                        f"{size}): precompute it again for this run's FER, or leave --fer-features out")
+    if meta.get('framing', 'crop') != framing:
+        raise EmdError(f"--fer-features {path} holds maps of the FER input framed as {meta.get('framing', 'crop')!r}, this run "
+                       f"frames it as {framing!r} (--fer-framing): precompute it again, or leave --fer-features out")
     if data is not None and meta.get('data') != str(data):
         raise EmdError(f"--fer-features {path} was made from other frames (store digest {meta.get('data')}, this run's store "
                        f"{data}): precompute it again for this store, or leave --fer-features out")

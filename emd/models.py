@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .core import EmdError, keep_float32, log, say_once
-from .data.datasets import fer_input
+from .data.datasets import FER_FRAMINGS, fer_input
 from .fer import FerEnsemble, SimFER, build_fer, load_fer, select_branch_features
 from .registry import DetectorOutput, register_model
 
@@ -97,10 +97,12 @@ def xception_blocks(encoder: str, width: float = 1.) -> list:
 # %% ../nbs/30_models.ipynb #d8b671e9
 class FerStream:
     "Mixin for detectors with a frozen FER stream in `self.fer`: Eqs. 3-5 on the detector's crops; the FER stays in eval mode."
+    fer_framing = 'crop'     # what of the detector crop the FER sees (`emd.data.datasets.fer_input`); set per model
+
     @torch.no_grad()
     def fer_selection(self, x: torch.Tensor):
-        "Eqs. 3-5 on the FER input made from detector crops `x` (RGB, mean/std 0.5)."
-        return select_branch_features(self.fer(fer_input(x)))
+        "Eqs. 3-5 on the FER input made from detector crops `x` (RGB, mean/std 0.5), framed as `fer_framing` says."
+        return select_branch_features(self.fer(fer_input(x, framing=self.fer_framing)))
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -112,7 +114,7 @@ class EmdNet(FerStream, nn.Module):
     "DeepLabv3+ (aligned Xception, output stride 16) with a classification head and an optional frozen FER stream."
     def __init__(self, encoder: str = 'tu-xception65', fer: nn.Module | None = None, encoder_weights=None,
                  output_stride: int = 16, dropout: float = .2, width: float = 1., decoder_channels: int = 256,
-                 concat_init: str = 'fresh'):
+                 concat_init: str = 'fresh', fer_framing: str = 'crop'):
         super().__init__()
         import segmentation_models_pytorch as smp
         if not encoder.startswith('tu-xception'):
@@ -120,7 +122,8 @@ class EmdNet(FerStream, nn.Module):
                            f"'tu-xception65' or 'tu-xception71'), whose last block takes the FER map")
         if width != 1 and encoder_weights:
             raise EmdError(f"--encoder-width {width}: ImageNet weights exist only for the full-width encoder (width 1)")
-        self.encoder_name, self.concat_init = encoder, concat_init
+        if fer_framing not in FER_FRAMINGS: raise EmdError(f"fer_framing {fer_framing!r}: choose one of {', '.join(FER_FRAMINGS)}")
+        self.encoder_name, self.concat_init, self.fer_framing = encoder, concat_init, fer_framing
         kw = dict(block_cfg=xception_blocks(encoder, width)) if width != 1 else {}
         self.net = smp.DeepLabV3Plus(encoder_name=encoder, encoder_output_stride=output_stride, classes=1,
                                      decoder_channels=decoder_channels, aux_params=dict(classes=1, dropout=dropout),
@@ -171,9 +174,9 @@ def _emdnet_with(fer, kind: str, **options) -> EmdNet:
 @register_model('emd', 'EMD: DeepLabv3+ (aligned Xception) with ESR-9 features before the last encoder block',
                 segments=True, fer='esr', tables='II III IV V, Figs. 4-7')
 def emd(encoder: str = 'tu-xception65', fer=None, encoder_weights=None, dropout: float = .2, width: float = 1.,
-        decoder_channels: int = 256, concat_init: str = 'fresh'):
+        decoder_channels: int = 256, concat_init: str = 'fresh', fer_framing: str = 'crop'):
     return _emdnet_with(fer, 'esr', encoder=encoder, encoder_weights=encoder_weights, dropout=dropout, width=width,
-                        decoder_channels=decoder_channels, concat_init=concat_init)
+                        decoder_channels=decoder_channels, concat_init=concat_init, fer_framing=fer_framing)
 
 @register_model('xception_seg', 'XceptionNet (segmentation): EmdNet without the FER stream',
                 segments=True, tables='IV, Figs. 4-5 (without FER)')
@@ -184,6 +187,6 @@ def xception_seg(encoder: str = 'tu-xception65', encoder_weights=None, dropout: 
 @register_model('xception_simfer', 'XceptionNet + SimFER: EmdNet with the shallow one-branch FER',
                 segments=True, fer='simfer', tables='V')
 def xception_simfer(encoder: str = 'tu-xception65', fer=None, encoder_weights=None, dropout: float = .2,
-                    width: float = 1., decoder_channels: int = 256, concat_init: str = 'fresh'):
+                    width: float = 1., decoder_channels: int = 256, concat_init: str = 'fresh', fer_framing: str = 'crop'):
     return _emdnet_with(fer, 'simfer', encoder=encoder, encoder_weights=encoder_weights, dropout=dropout, width=width,
-                        decoder_channels=decoder_channels, concat_init=concat_init)
+                        decoder_channels=decoder_channels, concat_init=concat_init, fer_framing=fer_framing)

@@ -208,7 +208,7 @@ def cam_examples(frames: pd.DataFrame, masks, run, store, n: int = 3, real: bool
     for i, r in firsts.iterrows():
         img = _crop(store.root, r.image_path)
         x = normalize(torch.from_numpy(np.ascontiguousarray(img[..., ::-1])).permute(2, 0, 1).float()[None] / 255)
-        cam, sel = fer_cam(model.fer, fer_input(x), size=img.shape[:2])
+        cam, sel = fer_cam(model.fer, fer_input(x, framing=model.fer_framing), size=img.shape[:2])
         ex = dict(method=r.method, video=r.video, frame=int(r.frame), prob=float(r.prob), image=img,
                   truth=masks[1][i] if masks else None, predicted=masks[0][i] / 255. if masks else None,
                   cam=cam[0].numpy(), expression=int(sel.c_freq[0]), branch=int(sel.branch[0]))
