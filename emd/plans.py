@@ -7,7 +7,6 @@ __all__ = ['PLANS', 'ReproduceConfig', 'Plan', 'plan_of', 'paths', 'project_root
            'training_sizes', 'run_layers', 'run_config', 'detector_runs', 'detector_size', 'run_precision']
 
 # %% ../nbs/52_plans.ipynb #26c99354
-import inspect
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -158,10 +157,6 @@ def training_sizes(plan: Plan, n_targets: int) -> list:
     return sorted({s for s in sizes if s < n_targets})
 
 # %% ../nbs/52_plans.ipynb #66b9704c
-def _takes(model: str) -> set:
-    from emd.registry import model_spec
-    return set(inspect.signature(model_spec(model).build).parameters)
-
 def run_layers(cfg: ReproduceConfig, model: str, methods, comps, out, videos: int = 0) -> list:
     "The layers of settings of one training run of the reproduction, lowest first: [(source, values)]."
     from emd.registry import model_spec
@@ -173,7 +168,7 @@ def run_layers(cfg: ReproduceConfig, model: str, methods, comps, out, videos: in
         own['fer'] = fer_path(cfg, spec.fer)
         if plan.fer_maps: own['fer_features'] = str(p['esr_maps' if spec.fer == 'esr' else 'simfer_maps'])
     weights = cfg.xception_weights if model == 'xception' else cfg.encoder_weights
-    if weights and 'encoder_weights' in _takes(model): own['encoder_weights'] = weights
+    if weights and 'encoder_weights' in DetectorTrainConfig(model=model)._takes(): own['encoder_weights'] = weights
     return DetectorTrainConfig.layers(plan.detector.get('profile'), model) + [
         (f'plan {cfg.profile}: every run', {k: v for k, v in plan.detector.items() if k != 'profile'}),
         (f'plan {cfg.profile}: {model}', plan.models.get(model, {})),
