@@ -16,7 +16,7 @@ import pandas as pd
 
 from .core import EmdError, atomic_write, write_json
 from .keys import code_digest
-from .metrics import evaluate_predictions, roc_of
+from .metrics import bootstrap_metrics, evaluate_predictions, roc_of
 from .paper import FIGURE_CLAIMS, METHODS, QUALITIES, TITLES, paper_table, table1
 from .runs import Run, cell_run
 
@@ -55,17 +55,21 @@ def measured_table(name: str, work, missing: str = 'raise') -> pd.DataFrame:
     rows = []
     for r in t.itertuples():
         row = dict(table=name, method=r.method, fer=r.fer, quality=r.quality, dataset=r.dataset, metric=r.metric,
-                   paper=r.value, measured=np.nan, difference=np.nan, model=r.model, run='',
+                   paper=r.value, measured=np.nan, measured_ci_low=np.nan, measured_ci_high=np.nan, difference=np.nan,
+                   model=r.model, run='',
                    source='measured' if r.model else 'reported (quoted from the paper, not retrained)')
         if r.model:
             try:
                 row['run'] = str(cell_run(work, r.model, r.method_name, r.compression)[0].path)
-                v = cell_metrics(work, r.model, r.method_name, r.compression)[METRIC_OF[r.metric]]
+                m, k = cell_metrics(work, r.model, r.method_name, r.compression), METRIC_OF[r.metric]
             except EmdError:
                 if missing == 'raise': raise
-                v = None
-            if v is not None:
-                row['measured'] = round(100 * v, 2); row['difference'] = round(row['measured'] - r.value, 2)
+                m, k = {}, None
+            if m.get(k) is not None:
+                row['measured'] = round(100 * m[k], 2); row['difference'] = round(row['measured'] - r.value, 2)
+                for end in ('low', 'high'):
+                    ci = m.get(f'{k}_ci_{end}')
+                    row[f'measured_ci_{end}'] = np.nan if ci is None else round(100 * ci, 2)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -73,6 +77,11 @@ def measured_table(name: str, work, missing: str = 'raise') -> pd.DataFrame:
 def _fmt(v, signed=False):
     if v is None or (isinstance(v, float) and np.isnan(v)): return '–'
     return f'{v:+.2f}' if signed else f'{v:.2f}'
+
+def _fmt_ci(v, low=np.nan, high=np.nan) -> str:
+    "A measured value with its interval: `62.5 [50.0-75.0]`."
+    if v is None or np.isnan(v): return '–'
+    return f'{v:.1f}' if low is None or np.isnan(low) else f'{v:.1f} [{low:.1f}-{high:.1f}]'
 
 def table_markdown(df: pd.DataFrame, name: str, caption: str = '') -> str:
     "The long table `df` of table `name` laid out like the paper's, three columns per cell."
@@ -88,7 +97,8 @@ def table_markdown(df: pd.DataFrame, name: str, caption: str = '') -> str:
         for c in cols:
             r = cell.get(c)
             if r is None: vals += ['', '', '']; continue
-            ours = 'reported' if r.source != 'measured' else _fmt(r.measured)
+            ours = ('reported' if r.source != 'measured' else
+                    _fmt_ci(r.measured, getattr(r, 'measured_ci_low', np.nan), getattr(r, 'measured_ci_high', np.nan)))
             vals += [_fmt(r.paper), ours, _fmt(r.difference, True)]
         lines.append('| ' + ' | '.join([method, fer, *vals]) + ' |')
     return '\n'.join(lines) + '\n'
@@ -138,23 +148,28 @@ def save_figure(fig, out, stem: str) -> list:
     return [str(p) for p in paths]
 
 # %% ../nbs/51_report.ipynb #1cd58f5f
+def _auc_ci(auc: float, ci) -> str: return f"{auc:.3f}" + ('' if np.isnan(ci.low) else f" [{ci.low:.2f}-{ci.high:.2f}]")
+
 def roc_figure(with_fer: tuple, without_fer: tuple, title: str, note: str = ''):
     "ROC plot: classification (solid) and segmentation (dotted: every test frame's pixels), with (blue) and without (orange) FER; each a (frames, masks)."
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(5.2, 4.6))
     aucs = {}
     for (frames, masks), colour, label in ((with_fer, 'tab:blue', 'EMD (with FER)'), (without_fer, 'tab:orange', 'without FER')):
-        r = roc_of(frames, masks)
+        r, ci = roc_of(frames, masks), bootstrap_metrics(frames, masks)        # AUCs with their 95 % intervals
+        ci = {k: i.at(x.auc) for k, x in (('frame_auc', r['frames']), ('pixel_auc', r['pixels'])) if x is not None for i in [ci[k]]}
         ax.plot(r['frames'].fpr, r['frames'].tpr, '-', color=colour, lw=1.8,
-                label=f"{label}, detection: AUC {r['frames'].auc:.3f}")
-        aucs[label] = dict(detection=r['frames'].auc)
+                label=f"{label}, detection: AUC {_auc_ci(r['frames'].auc, ci['frame_auc'])}")
+        aucs[label] = dict(detection=r['frames'].auc, detection_ci=[ci['frame_auc'].low, ci['frame_auc'].high])
         if r['pixels'] is not None:
-            fake = r['pixels_manipulated']
+            fake, is_fake = r['pixels_manipulated'], frames.label.to_numpy() > .5
+            cf = bootstrap_metrics(frames[is_fake], (masks[0][is_fake], masks[1][is_fake]))['pixel_auc'].at(fake.auc) if fake else None
             ax.plot(r['pixels'].fpr, r['pixels'].tpr, ':', color=colour, lw=2,
-                    label=f"{label}, segmentation: AUC {r['pixels'].auc:.3f}"
-                          + (f" (manipulated frames only: {fake.auc:.3f})" if fake is not None else ''))
-            aucs[label]['segmentation'] = r['pixels'].auc                   # every test frame's pixels (plotted)
-            aucs[label]['segmentation_manipulated_frames'] = fake.auc if fake is not None else float('nan')
+                    label=f"{label}, segmentation: AUC {_auc_ci(r['pixels'].auc, ci['pixel_auc'])}"
+                          + (f" (manipulated frames only: {_auc_ci(fake.auc, cf)})" if fake is not None else ''))
+            aucs[label].update(segmentation=r['pixels'].auc, segmentation_ci=[ci['pixel_auc'].low, ci['pixel_auc'].high],
+                               segmentation_manipulated_frames=fake.auc if fake is not None else float('nan'),
+                               segmentation_manipulated_frames_ci=[cf.low, cf.high] if cf else [float('nan')] * 2)
     ax.plot([0, 1], [0, 1], color='0.8', lw=.8, zorder=0)
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel='false positive rate', ylabel='true positive rate')
     import textwrap
@@ -165,13 +180,15 @@ def roc_figure(with_fer: tuple, without_fer: tuple, title: str, note: str = ''):
 
 # %% ../nbs/51_report.ipynb #813188cc
 def training_size_figure(results: pd.DataFrame, title: str, note: str = ''):
-    "`results`: rows of dataset, videos, frame_accuracy, pixel_accuracy (fractions). Two panels, one line per data set."
+    "`results`: rows of dataset, videos, frame_accuracy, pixel_accuracy (fractions; `*_ci_low`/`*_ci_high`: bands). Two panels, one line per data set."
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharex=True)
     for (ds, g), marker in zip(results.groupby('dataset', sort=True), 'osd^v'):
         g = g.sort_values('videos')
-        axes[0].plot(g.videos, 100 * g.frame_accuracy, marker=marker, label=ds)
-        axes[1].plot(g.videos, 100 * g.pixel_accuracy, marker=marker, label=ds)
+        for a, col in zip(axes, ('frame_accuracy', 'pixel_accuracy')):
+            line, = a.plot(g.videos, 100 * g[col], marker=marker, label=ds)
+            if f'{col}_ci_low' in g:                                   # the 95 % interval: a band
+                a.fill_between(g.videos, 100 * g[f'{col}_ci_low'], 100 * g[f'{col}_ci_high'], color=line.get_color(), alpha=.15, lw=0)
     sizes = sorted(results.videos.unique())
     for a, what in zip(axes, ('detection: frame accuracy (%)', 'segmentation: pixel accuracy (%)')):
         a.set(xlabel='training videos (real targets, each with its fakes)', ylabel=what, xscale='log')

@@ -6,7 +6,7 @@
 __all__ = ['STAGE_LIST', 'STAGES', 'OUTPUT_FILES', 'TABLES', 'FIGURES', 'worker_devices', 'default_jobs', 'train_runs', 'Stage',
            'notebooks_dir', 'stage_parameters', 'forced', 'stage_code', 'stage_key', 'selected_stages', 'stage_outputs',
            'run_stage', 'reproduce', 'store_configs', 'data_sources', 'prepare_data', 'train_fers', 'run_detectors',
-           'machine_info', 'write_manifest', 'check_outputs', 'explain_run', 'reproduce_cli']
+           'machine_info', 'write_manifest', 'interval_problems', 'check_outputs', 'explain_run', 'reproduce_cli']
 
 # %% ../nbs/54_reproduce.ipynb #62adae1f
 import json
@@ -398,6 +398,17 @@ def write_manifest(cfg: ReproduceConfig, state: dict, seconds: float) -> dict:
     write_json(Path(cfg.out) / 'manifest.json', m)
     return m
 
+# %% ../nbs/54_reproduce.ipynb #96ea60cc
+def interval_problems(df: pd.DataFrame, value: str = 'measured') -> list:
+    "What is wrong with the intervals of a long table's measured numbers (`VALUE_ci_low` <= VALUE <= `VALUE_ci_high`)."
+    need = [value, f'{value}_ci_low', f'{value}_ci_high']
+    if set(need) - set(df.columns): return [f"no columns {sorted(set(need) - set(df.columns))}"]
+    m = df[df.source == 'measured'] if 'source' in df else df
+    v, lo, hi = (pd.to_numeric(m[c], errors='coerce') for c in need)
+    bad = m[v.notna() & ~((lo <= v) & (v <= hi))]
+    return [f"{len(bad)} of {int(v.notna().sum())} measured numbers lack their interval or lie outside it "
+            f"(first: {bad.iloc[0].to_dict()})"] if len(bad) else []
+
 # %% ../nbs/54_reproduce.ipynb #97edc938
 TABLES = ('table1', 'table2', 'table3', 'table4', 'table5')
 FIGURES = ('fig4-roc-f2f', 'fig5-roc-nt', 'fig6-training-size', 'fig7-cams')
@@ -417,6 +428,7 @@ def check_outputs(out) -> list:
                 bad = meas[~np.isfinite(pd.to_numeric(meas.measured, errors='coerce'))]
                 if len(meas) == 0: problems.append(f'{t}.csv has no measured rows')
                 if len(bad): problems.append(f'{t}.csv: {len(bad)} measured cells are not numbers ({bad.method.iloc[0]}, ...)')
+                problems += [f'{t}.csv: {p}' for p in interval_problems(df)]     # each number with its 95 % interval
     for f in FIGURES:
         for ext in ('png', 'pdf'):
             p = out / f'{f}.{ext}'
