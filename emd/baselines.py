@@ -4,13 +4,14 @@
 
 # %% auto #0
 __all__ = ['NO_EPOCHS_GIVEN', 'MESO_RECIPE', 'MESO_SMOKE', 'IMAGENET_MEAN', 'IMAGENET_STD', 'MULTITASK_RECIPE', 'MULTITASK_SMOKE',
-           'RESIDUAL_KERNEL', 'to_unit', 'resize_to', 'XceptionFFpp', 'xception', 'Meso4', 'InceptionLayer',
-           'MesoInception4', 'mesonet4', 'mesoinception4', 'ConstrainedConv2d', 'BayarStamm', 'bayar_stamm', 'Rahmouni',
-           'rahmouni', 'MultiTask', 'multitask', 'multitask_ensfer', 'multitask_simfer', 'grey_255', 'centre_crop',
-           'residuals', 'cooccurrence', 'steg_features', 'StegSVM', 'steg_svm', 'SoftCooccurrence', 'Cozzolino',
-           'cozzolino']
+           'RESIDUAL_KERNEL', 'SVM_C_GRID', 'STEG_Q_GRID', 'to_unit', 'resize_to', 'XceptionFFpp', 'xception', 'Meso4',
+           'InceptionLayer', 'MesoInception4', 'mesonet4', 'mesoinception4', 'ConstrainedConv2d', 'BayarStamm',
+           'bayar_stamm', 'Rahmouni', 'rahmouni', 'MultiTask', 'multitask', 'multitask_ensfer', 'multitask_simfer',
+           'grey_255', 'centre_crop', 'residuals', 'cooccurrence', 'steg_features', 'cv_auc', 'StegSVM', 'steg_svm',
+           'SoftCooccurrence', 'Cozzolino', 'cozzolino']
 
 # %% ../nbs/33_baselines.ipynb #9e8b01b2
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -66,7 +67,11 @@ class _MesoHead(nn.Module):
         return self.fc2(self.drop2(F.leaky_relu(self.fc1(self.drop1(x.flatten(1))), .1)))[:, 0]
 
 class _MesoBase(nn.Module):
-    input_size = 256
+    "MesoNet's input side (256 in its paper); at another side the last max-pool changes so the head still sees 8 x 8 x 16."
+    def __init__(self, input_size: int = 256):
+        super().__init__()
+        if input_size % 64: raise EmdError(f"MesoNet's input size {input_size} is not a multiple of 64 (its pools: 2, 2, 2, side / 64)")
+        self.input_size, self.last_pool = input_size, input_size // 64
     def loss(self, out: DetectorOutput, batch: dict):
         "MesoNet's loss: mean squared error of the sigmoid output."
         l = F.mse_loss(out.logits.float().sigmoid(), batch['label'].float())
@@ -74,8 +79,8 @@ class _MesoBase(nn.Module):
 
 class Meso4(_MesoBase):
     "Meso-4 (Afchar et al., 2018)."
-    def __init__(self):
-        super().__init__()
+    def __init__(self, input_size: int = 256):
+        super().__init__(input_size)
         self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1), _bn(8)
         self.conv2, self.bn2 = nn.Conv2d(8, 8, 5, padding=2), _bn(8)
         self.conv3, self.bn3 = nn.Conv2d(8, 16, 5, padding=2), _bn(16)
@@ -84,7 +89,7 @@ class Meso4(_MesoBase):
 
     def forward(self, x) -> DetectorOutput:
         x = resize_to(to_unit(x), self.input_size)
-        for i, pool in ((1, 2), (2, 2), (3, 2), (4, 4)):
+        for i, pool in ((1, 2), (2, 2), (3, 2), (4, self.last_pool)):
             x = F.max_pool2d(getattr(self, f'bn{i}')(F.relu(getattr(self, f'conv{i}')(x))), pool)
         return DetectorOutput(self.head(x), None)
 
@@ -106,8 +111,8 @@ class InceptionLayer(nn.Module):
 # %% ../nbs/33_baselines.ipynb #d5d0cc00
 class MesoInception4(_MesoBase):
     "MesoInception-4 (Afchar et al., 2018): Table II's MesoNet."
-    def __init__(self):
-        super().__init__()
+    def __init__(self, input_size: int = 256):
+        super().__init__(input_size)
         self.inc1 = InceptionLayer(3, 1, 4, 4, 2); self.bn1 = _bn(11)
         self.inc2 = InceptionLayer(11, 2, 4, 4, 2); self.bn2 = _bn(12)
         self.conv3, self.bn3 = nn.Conv2d(12, 16, 5, padding=2), _bn(16)
@@ -119,22 +124,22 @@ class MesoInception4(_MesoBase):
         x = F.max_pool2d(self.bn1(self.inc1(x)), 2)
         x = F.max_pool2d(self.bn2(self.inc2(x)), 2)
         x = F.max_pool2d(self.bn3(F.relu(self.conv3(x))), 2)
-        x = F.max_pool2d(self.bn4(F.relu(self.conv4(x))), 4)
+        x = F.max_pool2d(self.bn4(F.relu(self.conv4(x))), self.last_pool)
         return DetectorOutput(self.head(x), None)
 
 # %% ../nbs/33_baselines.ipynb #aab64507
 NO_EPOCHS_GIVEN = 23    # a paper without an epoch count: EMD's 3 + 20 epochs, all in one phase
 MESO_RECIPE = dict(lr=1e-3, batch_size=75, epochs_phase1=0, epochs=NO_EPOCHS_GIVEN)
-MESO_SMOKE = dict(smoke=dict(precise_bn=10))   # Keras's BN momentum trails a few hundred steps behind: see emd.train
+MESO_SMOKE = dict(smoke=dict(precise_bn=10, input_size=128))   # the smoke crops' own side (the last pool 2, not 4)   # Keras's BN momentum trails a few hundred steps behind: see emd.train
 
 @register_model('mesonet4', 'Meso-4 (MesoNet), 256 x 256, MSE loss', segments=False, tables='(II)', recipe=MESO_RECIPE,
                 profiles=MESO_SMOKE)
-def mesonet4(): return Meso4()
+def mesonet4(input_size: int = 256): return Meso4(input_size)
 
 # %% ../nbs/33_baselines.ipynb #aaab6a91
 @register_model('mesoinception4', "MesoInception-4: Table II's MesoNet, 256 x 256, MSE loss", segments=False, tables='II',
                 recipe=MESO_RECIPE, profiles=MESO_SMOKE)
-def mesoinception4(): return MesoInception4()
+def mesoinception4(input_size: int = 256): return MesoInception4(input_size)
 
 # %% ../nbs/33_baselines.ipynb #10cece46
 class ConstrainedConv2d(nn.Conv2d):
@@ -327,38 +332,59 @@ def steg_features(grey: torch.Tensor, q: float = 1.) -> torch.Tensor:
     return torch.cat([a, b], 1) / 4
 
 # %% ../nbs/33_baselines.ipynb #dc8efc6d
+SVM_C_GRID = (1e-3, 1e-2, 1e-1, 1., 10.)   # C = 0: chosen from these by cross-validation over target videos
+STEG_Q_GRID = (1., 1.5, 2.)                # q = 0: chosen from these (the rich models' steps c, 1.5c, 2c of an order-c residual)
+
+def cv_auc(X: np.ndarray, y: np.ndarray, groups: np.ndarray, grid=SVM_C_GRID, folds: int = 5) -> tuple:
+    "(best mean AUC, its C) of a linear SVM over `folds` folds that keep each group (target video) in one fold."
+    from sklearn.model_selection import GridSearchCV, GroupKFold
+    from sklearn.svm import LinearSVC
+    search = GridSearchCV(LinearSVC(class_weight='balanced', dual='auto', max_iter=20000, random_state=0), {'C': list(grid)}, scoring='roc_auc',
+                          cv=GroupKFold(min(folds, len(set(groups))))).fit(X, y, groups=groups)
+    return float(search.best_score_), float(search.best_params_['C'])
+
+def _standardise(X): mu, sd = X.mean(0), X.std(0) + 1e-12; return (X - mu) / sd, mu, sd
+
 class StegSVM(nn.Module):
-    "Steganalysis features + linear SVM (fitted by `fit`, stored as one linear layer)."
-    def __init__(self, input_size: int = 128, q: float = 1., C: float = 1.):
+    "Steganalysis features + linear SVM (fitted by `fit`, stored as one linear layer); q, C = 0: chosen by cross-validation."
+    def __init__(self, input_size: int = 128, q: float = 0., C: float = 0.):
         super().__init__()
         self.input_size, self.q, self.C = input_size, q, C
         self.register_buffer('weight', torch.zeros(162)); self.register_buffer('bias', torch.zeros(()))
+        self.register_buffer('fitted', torch.tensor([q or 1., C or 1.], dtype=torch.float64))   # the q and C it was fitted with
 
-    def features(self, x): return steg_features(centre_crop(grey_255(x), self.input_size), self.q)
+    def features(self, x, q: float | None = None):
+        return steg_features(centre_crop(grey_255(x), self.input_size), q or float(self.fitted[0]))
 
     def forward(self, x) -> DetectorOutput:
         with torch.autocast(x.device.type, enabled=False):          # a fitted linear SVM: float32 throughout
             return DetectorOutput(self.features(x).float() @ self.weight + self.bias, None)
 
     @torch.no_grad()
-    def fit(self, batches, device='cpu'):
-        "Fit the SVM on every batch of `batches` (the training split): features, standardisation, LinearSVC."
+    def fit(self, batches, device='cpu', groups=None):
+        "Fit on every batch (the training split, each frame once): features, standardisation, q and C (cross-validated over `groups`, each row's target video), LinearSVC."
         from sklearn.svm import LinearSVC
-        feats, labels = [], []
+        qs = (self.q,) if self.q else STEG_Q_GRID
+        feats, labels, rows = {q: [] for q in qs}, [], []
         for b in batches:
-            feats.append(self.features(b['image'].to(device)).double().cpu()); labels.append(b['label'])
-        X, y = torch.cat(feats).numpy(), (torch.cat(labels) > .5).numpy()
+            for q in qs: feats[q].append(self.features(b['image'].to(device), q).double().cpu())
+            labels.append(b['label']); rows.append(b.get('index', torch.zeros(len(b['label']), dtype=torch.long)))
+        y = (torch.cat(labels) > .5).numpy()
         if len(set(y)) < 2: raise EmdError("the SVM needs real and fake training frames")
-        mu, sd = X.mean(0), X.std(0) + 1e-12
-        svm = LinearSVC(C=self.C, dual='auto', max_iter=20000).fit((X - mu) / sd, y)
-        w = svm.coef_[0] / sd
+        g = None if groups is None else np.asarray(groups)[torch.cat(rows).numpy()]
+        Z = {q: _standardise(torch.cat(f).numpy()) for q, f in feats.items()}
+        if g is None or len(set(g)) < 2: q, C = qs[0], self.C or 1.        # nothing to cross-validate over
+        else: _, C, q = max(cv_auc(Z[q][0], y, g, (self.C,) if self.C else SVM_C_GRID) + (q,) for q in qs)
+        (X, mu, sd), svm = Z[q], LinearSVC(C=C, class_weight='balanced', dual='auto', max_iter=20000, random_state=0)
+        w = svm.fit(X, y).coef_[0] / sd
         self.weight.copy_(torch.as_tensor(w)); self.bias.fill_(float(svm.intercept_[0] - (w * mu).sum()))
+        self.fitted.copy_(torch.tensor([q, C], dtype=torch.float64))
         return self
 
 # %% ../nbs/33_baselines.ipynb #0ea8aa37
 @register_model('steg_svm', 'Steg. Features + SVM: 162 co-occurrence features of residuals, linear SVM (reconstructed)',
                 segments=False, tables='II')
-def steg_svm(input_size: int = 128, q: float = 1., C: float = 1.): return StegSVM(input_size, q, C)
+def steg_svm(input_size: int = 128, q: float = 0., C: float = 0.): return StegSVM(input_size, q, C)
 
 # %% ../nbs/33_baselines.ipynb #f0074327
 def _code_weights(n_levels: int = 3) -> torch.Tensor:

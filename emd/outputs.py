@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['FER_PAIRS', 'FER_METRICS', 'data_note', 'table_caption', 'make_table', 'make_table1', 'make_fig4_5', 'make_fig6',
-           'make_fig7', 'paired_difference', 'fer_effect', 'write_summary']
+           'make_fig7', 'paired_difference', 'fer_effect', 'model_learning', 'write_summary']
 
 # %% ../nbs/53_outputs.ipynb #1e5f44b2
 import json
@@ -14,7 +14,7 @@ import pandas as pd
 
 from .core import package_info, write_json
 from .keys import code_digest, digest, tree_digest
-from .metrics import BOOTSTRAP_RESAMPLES, paired_bootstrap
+from .metrics import BOOTSTRAP_RESAMPLES, bootstrap_metrics, paired_bootstrap
 from .plans import ReproduceConfig, n_train_targets, paths, plan_of, run_precision, training_sizes
 from .runs import cell_run
 from .report import (SYNTHETIC_TAG, cam_examples, cam_figure, cell_metrics, cell_predictions, measured_table,
@@ -157,6 +157,35 @@ def fer_effect(work) -> pd.DataFrame:
             rows.append(row)
     return pd.DataFrame(rows)
 
+# %% ../nbs/53_outputs.ipynb #47bc71e3
+def _cell_frames(work, model: str, cell_list) -> tuple:
+    "A model's test frames per quality over its cells (each run's frames once), its constant cells and its runs."
+    by_q, const, runs = {}, 0, {}
+    for method, q in cell_list:
+        frames, _, run = cell_predictions(work, model, method, q)
+        runs[run.path] = run
+        const += int((frames.prob >= .5).nunique() == 1)
+        by_q.setdefault(q, []).append(frames.assign(run_path=str(run.path)))
+    keys = ['run_path', 'method', 'compression', 'video', 'frame']
+    return {q: pd.concat(f).drop_duplicates(keys).reset_index(drop=True) for q, f in by_q.items()}, const, runs
+
+def model_learning(work) -> pd.DataFrame:
+    "Per trained model: pooled frame AUC of each quality with its 95 % interval, cells with one class for every frame, training seconds."
+    from emd.paper import cells
+    per_model, rows = {}, []
+    for model, method, q in cells(): per_model.setdefault(model, []).append((method, q))
+    for model, cell_list in sorted(per_model.items()):
+        by_q, const, runs = _cell_frames(work, model, cell_list)
+        row = dict(model=model, cells=len(cell_list), constant_cells=const,
+                   seconds=round(sum((r.summary().get('seconds') or 0) if r.summary_file.is_file() else float('nan')
+                                     for r in runs.values()), 1))
+        for q, name in (('c23', 'hq'), ('c40', 'lq')):
+            ci = bootstrap_metrics(by_q[q], None)['frame_auc'] if q in by_q else None
+            row.update({f'{name}_auc': ci and ci.value, f'{name}_auc_ci_low': ci and ci.low, f'{name}_auc_ci_high': ci and ci.high,
+                        f'{name}_frames': len(by_q.get(q, []))})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
 # %% ../nbs/53_outputs.ipynb #d42b1874
 def _summary_head(cfg: ReproduceConfig) -> list:
     "How the reproduction was made: the data, the command, the package, the time, the precision, the test set's size."
@@ -247,9 +276,26 @@ def _summary_figures(synth: bool) -> list:
               f"[PDF]({stem}.pdf)*", '']
     return L
 
+def _auc_text(r, q: str) -> str:
+    v, lo, hi = r[f'{q}_auc'], r[f'{q}_auc_ci_low'], r[f'{q}_auc_ci_high']
+    return '–' if v is None or v != v else f"{v:.3f} [{lo:.3f}-{hi:.3f}]"
+
+def _summary_learning(cfg: ReproduceConfig) -> list:
+    "Does every model learn? Pooled frame AUC per quality with intervals, constant cells, seconds (also models.csv)."
+    ml = model_learning(cfg.work_dir)
+    ml.to_csv(Path(cfg.out) / 'models.csv', index=False)
+    L = ['## Does every model learn?', '',
+         "Frame AUC over each model's test frames of all its cells of a quality (0.5: chance), with the 95 % bootstrap "
+         "interval over videos; constant cells: cells in which the model gives every test frame the same class at 0.5; "
+         "seconds: its training runs' time ([models.csv](models.csv)).", '',
+         '| model | HQ (c23) frame AUC [95 %] | LQ (c40) frame AUC [95 %] | constant cells | seconds |', '|---|---|---|---|---|']
+    for _, r in ml.iterrows():
+        L.append(f"| {r.model} | {_auc_text(r, 'hq')} | {_auc_text(r, 'lq')} | {r.constant_cells} of {r.cells} | {r.seconds:.0f} |")
+    return L + ['']
+
 def write_summary(cfg: ReproduceConfig) -> str:
     "Write OUT/reproduction.md: how it was made, Tables II-V against the paper, the FER stream's effect, the figures."
-    text = '\n'.join(_summary_head(cfg) + _summary_tables(cfg.out) + _summary_fer(cfg)
+    text = '\n'.join(_summary_head(cfg) + _summary_learning(cfg) + _summary_tables(cfg.out) + _summary_fer(cfg)
                      + _summary_figures(plan_of(cfg.profile).synthetic)) + '\n'
     (Path(cfg.out) / 'reproduction.md').write_text(text)
     return text

@@ -84,9 +84,12 @@ class Plan:
 
 # %% ../nbs/52_plans.ipynb #aeef9583
 _POOLED = dict(epochs_phase1=0, workers=0, batch_size=8, balanced=True, best_by='balanced_accuracy')
+_MULTITASK_SMOKE = dict(input_size=96, epochs=5)     # ClassNSeg learns slowly: more, cheaper epochs (96 px)
 _SMOKE_MODELS = dict(emd=dict(epochs=2), xception_seg=dict(epochs=2), xception_simfer=dict(epochs=2),
-                     xception=dict(epochs=1, input_size=96), rahmouni=dict(input_size=64),
-                     cozzolino=dict(input_size=64, epochs_phase1=1, epochs=2))
+                     xception=dict(epochs=1, input_size=96), rahmouni=dict(input_size=64, lr=1e-3, epochs=10),
+                     mesoinception4=dict(epochs=7), bayar_stamm=dict(epochs=2),
+                     cozzolino=dict(input_size=64, epochs_phase1=1, epochs=2),
+                     multitask=_MULTITASK_SMOKE, multitask_ensfer=_MULTITASK_SMOKE, multitask_simfer=_MULTITASK_SMOKE)
 
 PLANS = {
     'tiny': Plan(synthetic=True,
@@ -96,7 +99,7 @@ PLANS = {
                  detector=dict(profile='smoke', **_POOLED, epochs=1),
                  models=dict(xception=dict(input_size=64), rahmouni=dict(input_size=64), cozzolino=dict(input_size=64)),
                  training_sizes=(.5,), fer_maps=True, pooled=True, jobs=2, seconds=360),
-    'smoke': Plan(synthetic=True, synth=dict(profile='smoke'), ffpp=dict(size=128, frames_train=6, frames_eval=6),
+    'smoke': Plan(synthetic=True, synth=dict(profile='smoke', videos=42, split=(.48, .14, .38)), ffpp=dict(size=128, frames_train=6, frames_eval=4),
                   affectnet={}, esr=dict(profile='smoke', epochs=2, max_per_class=40, precise_bn=10),
                   simfer=dict(profile='smoke', model='simfer'), detector=dict(profile='smoke', **_POOLED, epochs=3),
                   models=_SMOKE_MODELS, training_sizes=(.25, .5), fer_maps=True, pooled=True, jobs=2, seconds=1080),

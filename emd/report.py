@@ -174,8 +174,11 @@ def roc_figure(with_fer: tuple, without_fer: tuple, title: str, note: str = ''):
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel='false positive rate', ylabel='true positive rate')
     import textwrap
     ax.set_title('\n'.join(textwrap.wrap(title, 70)), fontsize=9)
-    ax.legend(loc='lower right', fontsize=7)
-    if note: fig.text(.5, -.02, note, ha='center', va='top', fontsize=7, wrap=True)
+    leg = ax.legend(loc='upper center', bbox_to_anchor=(.5, -.13), fontsize=7, frameon=False)   # below: never over a curve
+    if note:
+        fig.canvas.draw()
+        below = leg.get_window_extent().transformed(fig.transFigure.inverted()).y0
+        fig.text(.5, below - .02, note, ha='center', va='top', fontsize=7, wrap=True)
     return fig, aucs
 
 # %% ../nbs/51_report.ipynb #813188cc

@@ -382,10 +382,11 @@ def train_epoch(self: DetectorTrainer) -> dict:
     "One epoch of training: frames, correct frames and summed loss parts (over the processes)."
     from tqdm.auto import tqdm
     cfg, dd = self.cfg, self.dd
-    bar = tqdm(train_loader(self.train_ds, cfg, self.epoch, dd), disable=not (self.progress and self.main), leave=False,
+    loader = eval_loader(self.train_ds, cfg, dd) if self.fits else train_loader(self.train_ds, cfg, self.epoch, dd)
+    bar = tqdm(loader, disable=not (self.progress and self.main), leave=False,     # a fitted model: each frame once
                desc=f"{cfg.model} epoch {self.epoch + 1}/{self.n_epochs} (phase {self.phase})", unit='batch')
     if self.fits:
-        self.model.fit(bar, self.device)
+        self.model.fit(bar, self.device, groups=self.train_ds.rows.target.to_numpy())   # q and C by CV over target videos
         tr = evaluate(self.model, eval_loader(self.train_ds, cfg, dd), dd, self.amp, self.fmt, cfg.seg_weight)
         return dict(frames=tr['frames'], correct=tr['accuracy'] * tr['frames'], sums=dict(loss=tr['loss'] * tr['frames']))
     n, ok, sums = _train_epoch(self.net, self.model, self.opt, bar, dd, self.fmt, self.amp, cfg.seg_weight,
