@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from emd.output_checks import NOT_COMPARED
+
 from faults import SEED, child_env, count, emd_args, kill_tree, ok, run, start, SEQUENCES
 
 # the stages to kill in, in their order: data (SynthForensics + both preparations), fer (ESR-9 and SimFER training,
@@ -83,7 +85,7 @@ def test_reproduce_killed(root):
         b = have[name]
         paths = {c for c in a.columns if a[c].astype(str).str.contains(str(ref), regex=False).any()}
         assert paths <= PATH_COLUMNS, f"{cmd}: {name}: columns {sorted(paths - PATH_COLUMNS)} hold paths too"
-        drop = paths | ({'seconds'} & set(a.columns))          # training seconds (models.csv) differ by design
+        drop = paths | (set(NOT_COMPARED) & set(a.columns))    # as `emd reproduce --same-as`: run folders, training seconds
         pd.testing.assert_frame_equal(b.drop(columns=sorted(drop & set(b.columns))), a.drop(columns=sorted(drop)),
                                       obj=f"{cmd}: {name} after the kills {log}")
     count(cmd, comparisons=1)
