@@ -84,10 +84,11 @@ class Plan:
 
 # %% ../nbs/52_plans.ipynb #aeef9583
 _POOLED = dict(epochs_phase1=0, workers=0, batch_size=8, balanced=True, best_by='balanced_accuracy')
-_MULTITASK_SMOKE = dict(input_size=96, epochs=5)     # ClassNSeg learns slowly: more, cheaper epochs (96 px)
-_SMOKE_MODELS = dict(emd=dict(epochs=2), xception_seg=dict(epochs=2), xception_simfer=dict(epochs=2),
-                     xception=dict(epochs=1, input_size=96), rahmouni=dict(input_size=64, lr=1e-3, epochs=10),
-                     mesoinception4=dict(epochs=7), bayar_stamm=dict(epochs=2),
+_MULTITASK_SMOKE = dict(input_size=64, epochs=18)    # ClassNSeg learns slowly: many cheap epochs (64 px)
+_DEEPLAB_SMOKE = dict(epochs=2, precise_bn=20)        # batch-norm statistics estimated afresh before each validation
+_SMOKE_MODELS = dict(emd=_DEEPLAB_SMOKE, xception_seg=_DEEPLAB_SMOKE, xception_simfer=_DEEPLAB_SMOKE,
+                     xception=dict(epochs=1, input_size=96, precise_bn=20), rahmouni=dict(input_size=64, lr=1e-3, epochs=10),
+                     mesoinception4=dict(epochs=7), bayar_stamm=dict(epochs=4),
                      cozzolino=dict(input_size=64, epochs_phase1=1, epochs=2),
                      multitask=_MULTITASK_SMOKE, multitask_ensfer=_MULTITASK_SMOKE, multitask_simfer=_MULTITASK_SMOKE)
 

@@ -3,8 +3,14 @@ their own) while given stages run, then run again: its table CSVs equal those of
 
 The stage that runs is read from the work folder's stage state (`paths(cfg)['stages']`, WORK/stages.json: each stage's
 key, status 'running'/'done'/'failed' and start time); each kill waits until its target stage has started, then a
-seeded random fraction of the time that stage took in the uninterrupted run."""
+seeded random fraction of the time that stage took in the uninterrupted run.
+
+The uninterrupted reference is made here, or taken from EMD_TINY_REFERENCE: a folder holding `work/` and `out/` of a
+finished `emd reproduce --profile tiny --seed 0` run under the suite's thread settings (`.ci/run` makes one for its
+reduced reproduction and hands it over, so CI runs that 3-minute reproduction once). Either way the reference and the
+killed run start from empty work folders, so the comparison is also "same command, same numbers" (issue 19)."""
 import json
+import os
 import random
 import subprocess
 import time
@@ -43,11 +49,19 @@ def test_reproduce_killed(root):
     cmd = 'reproduce tiny'
     ref, got = root / 'rep-ref', root / 'rep-killed'
     args = lambda d: ['reproduce', '--profile', 'tiny', '--out', d / 'out', '--work', d / 'work', '--seed', 0]
-    t0 = time.time()
-    r = run(args(ref), timeout=1800)
-    dt = time.time() - t0
-    ok(r, 'the uninterrupted tiny reproduction')
-    count(cmd, seconds_uninterrupted=dt)
+    if os.environ.get('EMD_TINY_REFERENCE'):
+        ref = Path(os.environ['EMD_TINY_REFERENCE'])
+        state = stage_state(ref / 'work')
+        assert state and all(v.get('status') == 'done' for v in state.values()) and (ref / 'out').is_dir(), (
+            f"EMD_TINY_REFERENCE={ref}: not a finished tiny reproduction (want {ref}/work/stages.json with every stage "
+            f"done, and {ref}/out): run `emd reproduce --profile tiny --seed 0 --out {ref}/out --work {ref}/work`")
+        count(cmd, seconds_uninterrupted=sum(v.get('seconds', 0) for v in state.values()))
+    else:
+        t0 = time.time()
+        r = run(args(ref), timeout=1800)
+        dt = time.time() - t0
+        ok(r, 'the uninterrupted tiny reproduction')
+        count(cmd, seconds_uninterrupted=dt)
     seconds = {k: v.get('seconds', 0) for k, v in stage_state(ref / 'work').items()}
     rng, log, t0 = random.Random(SEED + 3), [], time.time()
     (root / 'logs').mkdir(exist_ok=True)
@@ -78,6 +92,8 @@ def test_reproduce_killed(root):
     killed_in = {l['stage'] for l in log}
     assert len(killed_in) >= 3, f"{cmd}: the kills fell in only {sorted(killed_in)}: {log}"
     ok(run(['reproduce', '--check', got / 'out']), f'{cmd}: emd reproduce --check after the kills')
+    r = run(['reproduce', '--check', got / 'out', '--same-as', ref / 'out'])
+    assert r.returncode == 0, f"{cmd}: emd reproduce --same-as the uninterrupted run: {r.stdout[-3000:]}{r.stderr[-3000:]}"
 
     want, have = tables(ref / 'out'), tables(got / 'out')
     assert want.keys() == have.keys(), f"{cmd}: other CSVs: {sorted(have)} vs the uninterrupted {sorted(want)}"
