@@ -28,6 +28,10 @@ COMMANDS = {
                     "FER accuracy per framing (whole 1.3x crop or face box) on SynthForensics (JSON + Markdown)"),
     },
     'reproduce': ('emd.reproduce', 'reproduce_cli', 'regenerate Tables I-V and Figs. 4-7 with papermill (smoke: synthetic, CPU)'),
+    'experiment': {
+        'robustness': ('emd.experiments', 'robustness_cli',
+                       'beyond the paper: JPEG, blur, downscaling, noise, H.264 on trained detectors (no retraining)'),
+    },
     'detect': ('emd.detect', 'detect_cli', 'is this video (image, folder) manipulated? per-frame scores, masks, overlay video'),
     'bench': ('emd.bench', 'bench_cli', 'time preparation, training and inference on this machine (JSON + Markdown)'),
 }

@@ -77,7 +77,7 @@ def output_differences(a, b) -> pd.DataFrame:
     d = pd.DataFrame(rows, columns=['file', 'numbers', 'differ', 'max_abs', 'other'])
     return d.fillna({'numbers': 0, 'differ': 0, 'other': ''})
 
-def same_outputs(a, b) -> bool:
-    "Whether every CSV of `a` and `b` holds the same numbers and text."
-    d = output_differences(a, b)
+def same_outputs(a, b, differences: pd.DataFrame | None = None) -> bool:
+    "Whether every CSV of `a` and `b` holds the same numbers and text (`differences`: `output_differences(a, b)` if already computed)."
+    d = output_differences(a, b) if differences is None else differences
     return bool(len(d)) and bool((d.differ == 0).all() and (d.other == '').all())
