@@ -31,6 +31,8 @@ COMMANDS = {
     'experiment': {
         'robustness': ('emd.experiments', 'robustness_cli',
                        'beyond the paper: JPEG, blur, downscaling, noise, H.264 on trained detectors (no retraining)'),
+        'generalisation': ('emd.experiments', 'generalisation_cli',
+                           'beyond the paper: train on one manipulation and quality, test on all (AUC matrices)'),
     },
     'detect': ('emd.detect', 'detect_cli', 'is this video (image, folder) manipulated? per-frame scores, masks, overlay video'),
     'bench': ('emd.bench', 'bench_cli', 'time preparation, training and inference on this machine (JSON + Markdown)'),
@@ -54,7 +56,7 @@ options:
 def _usage(group=None):
     if group is not None:
         return (f"usage: emd {group} {{{','.join(COMMANDS[group])}}} [options]\n\ncommands:\n"
-                + '\n'.join(f'  {k:10s}  {v[2]}' for k, v in COMMANDS[group].items())
+                + '\n'.join(f'  {k:{max(map(len, COMMANDS[group]))}s}  {v[2]}' for k, v in COMMANDS[group].items())
                 + f"\n\nEach has its own --help: emd {group} {next(iter(COMMANDS[group]))} --help\n")
     names = [(f'{k} {s}', w[2]) for k, v in COMMANDS.items() for s, w in (v.items() if isinstance(v, dict) else [('', v)])]
     width = max(len(n.strip()) for n, _ in names)

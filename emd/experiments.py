@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['EXPERIMENTS', 'Experiment', 'experiment', 'experiment_stages', 'ExperimentConfig', 'experiment_outputs',
-           'run_experiment', 'check_experiment', 'robustness_cli']
+           'run_experiment', 'check_experiment', 'robustness_cli', 'generalisation_cli']
 
 # %% ../nbs/57_experiments.ipynb #2af7d545
 import json
@@ -16,6 +16,7 @@ from pathlib import Path
 from .core import EmdError, command, log, package_info, param, write_json
 from .keys import digest, file_digest
 from .pipeline import Stage, run_stages, selected_stages
+from .generalisation import GEN_MODELS
 from .plans import ReproduceConfig, paths, plan_of
 from .reproduce import STAGE_LIST, STAGES, data_sources, machine_info, stage_outputs, stage_parameters
 
@@ -29,11 +30,18 @@ class Experiment:
     outputs: dict         # stage name -> the files it writes
 
 _ROBUSTNESS_FILES = ('robustness.csv', 'robustness.md', 'robustness.png', 'robustness.pdf')
+_GENERALISATION_FILES = ('generalisation.csv', 'generalisation.md',
+                         *(f'generalisation-{m}.{x}' for m in GEN_MODELS for x in ('png', 'pdf')))
 EXPERIMENTS = {e.name: e for e in [
     Experiment('robustness', 'what JPEG, blur, downscaling, noise and H.264 re-encoding do to trained detectors '
                '(frame and pixel AUC with 95 % intervals; no retraining)',
                (Stage('robustness', 'experiments/robustness.ipynb', ('detectors',), ('profile', 'out', 'seed')),),
                {'robustness': _ROBUSTNESS_FILES}),
+    Experiment('generalisation', 'detectors trained on one manipulation and quality, tested on every manipulation at both '
+               'qualities (a 3 x 6 matrix of frame AUC with 95 % intervals per model)',
+               (Stage('generalisation', 'experiments/generalisation.ipynb', ('data', 'fer'),
+                      ('profile', 'out', 'seed', 'encoder_weights', 'xception_weights', 'amp', 'tf32')),),
+               {'generalisation': _GENERALISATION_FILES}),
 ]}
 
 def experiment(name: str) -> Experiment:
@@ -127,3 +135,7 @@ def _experiment_cli(name: str):
 def robustness_cli(argv=None, prog: str = 'emd experiment robustness') -> int:
     "Entry point of `emd experiment robustness`."
     return _experiment_cli('robustness')(argv, prog)
+
+def generalisation_cli(argv=None, prog: str = 'emd experiment generalisation') -> int:
+    "Entry point of `emd experiment generalisation`."
+    return _experiment_cli('generalisation')(argv, prog)
