@@ -72,6 +72,10 @@ def test_reproduce_killed(root):
             s = stage_state(got / 'work').get(target, {})
             if s.get('status') == 'running' and s.get('started') != before: break
             time.sleep(.2)
+        if p.poll() == 0 and stage_state(got / 'work').get(target, {}).get('status') == 'done':
+            # the previous kill landed after this target (a loaded machine runs stages at other speeds than the reference):
+            # the target was finished before this attempt, which skipped it; nothing to kill here
+            log.append(dict(attempt=i, target=target, stage=None, skipped='finished by an earlier attempt')); continue
         assert p.poll() is None, (f"{cmd}: attempt {i} ended (exit {p.returncode}) before stage {target} started; "
                                   f"output tail:\n{(root / 'logs' / f'reproduce-{i}.log').read_text()[-3000:]}")
         delay = rng.uniform(.1, .9) * max(seconds.get(target, 1), 1)
@@ -79,6 +83,8 @@ def test_reproduce_killed(root):
             p.wait(timeout=delay)
         except subprocess.TimeoutExpired:
             pass
+        if p.poll() == 0:
+            log.append(dict(attempt=i, target=target, stage=None, skipped='finished before its kill')); continue
         assert p.poll() is None, f"{cmd}: attempt {i} ended (exit {p.returncode}) before its kill in stage {target}"
         stage = running(got / 'work')
         outside = kill_tree(p)
@@ -89,7 +95,7 @@ def test_reproduce_killed(root):
                                f"stderr tail:\n{r.stderr[-3000:]}")
     count(cmd, resumes=1, seconds_killed_sequence=time.time() - t0)
     SEQUENCES[cmd] = log
-    killed_in = {l['stage'] for l in log}
+    killed_in = {l['stage'] for l in log if l['stage'] is not None}
     assert len(killed_in) >= 3, f"{cmd}: the kills fell in only {sorted(killed_in)}: {log}"
     ok(run(['reproduce', '--check', got / 'out']), f'{cmd}: emd reproduce --check after the kills')
     r = run(['reproduce', '--check', got / 'out', '--same-as', ref / 'out'])
