@@ -33,6 +33,8 @@ COMMANDS = {
                        'beyond the paper: JPEG, blur, downscaling, noise, H.264 on trained detectors (no retraining)'),
         'generalisation': ('emd.experiments', 'generalisation_cli',
                            'beyond the paper: train on one manipulation and quality, test on all (AUC matrices)'),
+        'fer-effect': ('emd.experiments', 'fer_effect_cli',
+                       'beyond the paper: with FER against without, several seeds, at weaker forgery traces'),
     },
     'detect': ('emd.detect', 'detect_cli', 'is this video (image, folder) manipulated? per-frame scores, masks, overlay video'),
     'bench': ('emd.bench', 'bench_cli', 'time preparation, training and inference on this machine (JSON + Markdown)'),

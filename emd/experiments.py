@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['EXPERIMENTS', 'Experiment', 'experiment', 'experiment_stages', 'ExperimentConfig', 'experiment_outputs',
-           'run_experiment', 'check_experiment', 'robustness_cli', 'generalisation_cli']
+           'run_experiment', 'check_experiment', 'robustness_cli', 'generalisation_cli', 'fer_effect_cli']
 
 # %% ../nbs/57_experiments.ipynb #2af7d545
 import json
@@ -42,6 +42,12 @@ EXPERIMENTS = {e.name: e for e in [
                (Stage('generalisation', 'experiments/generalisation.ipynb', ('data', 'fer'),
                       ('profile', 'out', 'seed', 'encoder_weights', 'xception_weights', 'amp', 'tf32')),),
                {'generalisation': _GENERALISATION_FILES}),
+    Experiment('fer-effect', 'when does expression help? EMD against the same network without FER and MultiTask+EnsFER '
+               'against MultiTask, several seeds each, at weaker and weaker forgery traces (paired differences in frame '
+               'AUC, pixel AUC and IoU with 95 % intervals over seeds and test videos)',
+               (Stage('fer_effect', 'experiments/fer_effect.ipynb', ('data', 'fer'),
+                      ('profile', 'out', 'seed', 'encoder_weights', 'xception_weights', 'amp', 'tf32')),),
+               {'fer_effect': ('fer-effect.csv', 'fer-effect.md', 'fer-effect.png', 'fer-effect.pdf')}),
 ]}
 
 def experiment(name: str) -> Experiment:
@@ -139,3 +145,7 @@ def robustness_cli(argv=None, prog: str = 'emd experiment robustness') -> int:
 def generalisation_cli(argv=None, prog: str = 'emd experiment generalisation') -> int:
     "Entry point of `emd experiment generalisation`."
     return _experiment_cli('generalisation')(argv, prog)
+
+def fer_effect_cli(argv=None, prog: str = 'emd experiment fer-effect') -> int:
+    "Entry point of `emd experiment fer-effect`."
+    return _experiment_cli('fer-effect')(argv, prog)
