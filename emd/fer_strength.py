@@ -9,7 +9,6 @@ __all__ = ['LEVELS', 'FFPP_LEVEL', 'PAIRS', 'SEEDS', 'QUALITIES', 'METHODS', 'PA
            'strength_conclusion', 'strength_markdown', 'strength_figure']
 
 # %% ../nbs/48_fer_strength.ipynb #70b377e1
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,12 +70,6 @@ def level_paths(cfg: ReproduceConfig, level: Level) -> dict:
     return dict(synth=d / 'synth', ffpp=d / 'ffpp', maps=d / 'maps-esr9.safetensors', own=True)
 
 # %% ../nbs/48_fer_strength.ipynb #e86717cb
-def _synth_complete(root: Path, want: dict) -> bool:
-    meta = root / 'synthforensics.json'
-    if not meta.is_file(): return False
-    m = json.loads(meta.read_text())
-    return m.get('status') == 'complete' and all(m.get('config', {}).get(k) == v for k, v in want.items())
-
 def prepare_level(cfg: ReproduceConfig, level: Level) -> dict:
     "A weaker level's SynthForensics, frame store and ESR-9 maps (kept when complete); the default level's are the reproduction's."
     from emd.core import resolve_device, tf32_matmul
@@ -86,7 +79,7 @@ def prepare_level(cfg: ReproduceConfig, level: Level) -> dict:
     from emd.fer import load_fer
     from emd.fer_cache import precompute_fer_features
     from emd.plans import detector_size, fer_path
-    from emd.reproduce import _maps_current
+    from emd.reproduce import _maps_current, _same_synth
     from emd.synth.benchmark import SynthConfig, synthesize
     lp, plan = level_paths(cfg, level), plan_of(cfg.profile)
     if not lp['own']: return lp
@@ -94,7 +87,7 @@ def prepare_level(cfg: ReproduceConfig, level: Level) -> dict:
                                   artefact_strength=level.artefact_strength, blend_softness=level.blend_softness,
                                   **{k: v for k, v in plan.synth.items() if k not in ('profile', 'parts')})
     want = {k: v for k, v in sc.to_dict().items() if k not in ('out', 'force', 'workers')}
-    if cfg.force or not _synth_complete(lp['synth'], want):
+    if cfg.force or not _same_synth(lp['synth'], want):
         log.info(f"SynthForensics at level {level.label()} -> {lp['synth']}"); synthesize(sc)
     fc = FFppConfig.from_profile(None, root=lp['synth'], out=lp['ffpp'], **plan.ffpp)
     changes = FrameStore.changes(fc.out, 'ffpp', fc.settings(), ffpp_source(fc))
@@ -235,11 +228,9 @@ def strength_conclusion(df: pd.DataFrame) -> str:
     out = []
     order = list(dict.fromkeys(df.level))
     for label, g in df.groupby('comparison', sort=False):
-        pos = [f"{_NAMES[k]} at {r.level} {Q_NAME[r.quality].split()[0]}" for r in g.itertuples() for k in STRENGTH_METRICS
-               if r._asdict()[f'{k}_excludes_zero'] and r._asdict()[k] > 0]
-        neg = [f"{_NAMES[k]} at {r.level} {Q_NAME[r.quality].split()[0]}" for r in g.itertuples() for k in STRENGTH_METRICS
-               if r._asdict()[f'{k}_excludes_zero'] and r._asdict()[k] < 0]
-        n = int(g[[f'{k}_excludes_zero' for k in STRENGTH_METRICS]].fillna(False).to_numpy().sum())
+        clear = [(f"{_NAMES[k]} at {r['level']} {Q_NAME[r['quality']].split()[0]}", r[k]) for r in g.to_dict('records')
+                 for k in STRENGTH_METRICS if r[f'{k}_excludes_zero']]
+        pos, neg, n = [t for t, v in clear if v > 0], [t for t, v in clear if v < 0], len(clear)
         total = int(g[list(STRENGTH_METRICS)].notna().to_numpy().sum())
         s = f"**{label}**: {n} of {total} differences have a 95 % interval that excludes zero"
         s += (f"; FER helps in {', '.join(pos)}" if pos else '') + (f"; FER hurts in {', '.join(neg)}" if neg else '') + '. '
@@ -298,8 +289,8 @@ def strength_figure(df: pd.DataFrame, title: str, note: str = ''):
     probes = df.drop_duplicates(['level', 'quality']).set_index(['level', 'quality']).probe_auc
     for j in range(len(STRENGTH_METRICS)):
         ax = axes[-1, j]
-        ax.set_xticks(range(len(order)), [lv + ('' if probes.get((lv, 'c23'), np.nan) != probes.get((lv, 'c23'), np.nan)
-                                                 else f"\nprobe {probes[(lv, 'c23')]:.2f}") for lv in order])
+        ax.set_xticks(range(len(order)), [lv + ('' if pd.isna(probes.get((lv, 'c23'))) else f"\nprobe {probes[(lv, 'c23')]:.2f}")
+                                          for lv in order])
         ax.set_xlabel('forgery traces (strongest left)')
     axes[0, 0].legend(fontsize=8, loc='best')
     fig.suptitle(title + (f"\n{note}" if note else ''), fontsize=11)
