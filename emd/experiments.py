@@ -68,6 +68,13 @@ class ExperimentConfig(ReproduceConfig):
                       metavar='DIR')
     only: tuple[str, ...] = param((), 'not an option of experiments', cli=False)
     dry_run: bool = param(False, 'not an option of experiments', cli=False)
+    # an experiment's own runs train on this machine (the SLURM launcher is `emd reproduce`'s)
+    launcher: str = param('local', 'not an option of experiments', cli=False)
+    partition: str = param('', 'not an option of experiments', cli=False)
+    gpus_per_run: int = param(1, 'not an option of experiments', cli=False)
+    cpus_per_run: int = param(8, 'not an option of experiments', cli=False)
+    time: float = param(24., 'not an option of experiments', cli=False)
+    slurm_option: tuple[str, ...] = param((), 'not an option of experiments', cli=False)
 
 def experiment_outputs(name: str, cfg: ExperimentConfig, stage: str) -> str | None:
     "What a stage made: the reproduction's digests for its stages, the digest of the experiment's files for its own."

@@ -71,8 +71,10 @@ def run_stage(stage: Stage, params: dict, executed: Path, cwd: Path) -> float:
     executed.mkdir(parents=True, exist_ok=True)
     dest = executed / Path(stage.notebook).name
     t0 = time.time()
+    src = notebooks_root() / stage.notebook
+    declared = pm.inspect_notebook(str(src))           # the parameters its parameters cell names: only those are passed
     try:
-        pm.execute_notebook(str(notebooks_root() / stage.notebook), str(dest), parameters=params,
+        pm.execute_notebook(str(src), str(dest), parameters={k: v for k, v in params.items() if k in declared},
                             cwd=str(cwd), kernel_name='python3', progress_bar=False, log_output=True,
                             stdout_file=None, stderr_file=None)
     except pm.PapermillExecutionError as e:

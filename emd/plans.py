@@ -41,6 +41,19 @@ class ReproduceConfig(Params):
                             'of the networks\' bodies; heads and scores stay float32)', choices=AMP_MODES)
     tf32: bool = param(False, 'on CUDA GPUs, float32 matrix multiplications and convolutions of every training run on TF32 '
                               'tensor cores (faster; 10-bit mantissa)')
+    runs_per_gpu: int = param(1, 'on a GPU, with the local launcher: training runs sharing each GPU at once (K '
+                                 'processes per GPU; ignored on a CPU and when --jobs is given)', metavar='K')
+    launcher: str = param('local', "local: the training runs (ESR-9, SimFER and every detector) run on this machine; "
+                                   "slurm: each is a SLURM job submitted through submitit, waited for, submitted again "
+                                   "after a cancellation, preemption or time limit (it resumes from its checkpoint)",
+                          choices=('local', 'slurm'))
+    partition: str = param('', "slurm: the partition of the jobs ('': the cluster's default)", metavar='P')
+    gpus_per_run: int = param(1, 'slurm: GPUs of each job (0: CPU-only jobs)', metavar='N')
+    cpus_per_run: int = param(8, 'slurm: CPU cores of each job (its PyTorch threads)', metavar='N')
+    time: float = param(24., 'slurm: time limit of each job in hours (a run that reaches it is submitted again and '
+                             'resumes from its last epoch)', metavar='H')
+    slurm_option: tuple[str, ...] = param((), "slurm: more sbatch settings as KEY=VALUE (e.g. account=lab qos=normal "
+                                              "mem=64G), passed to submitit as slurm_KEY", metavar='KEY=VALUE')
     seed: int = param(0, 'random seed of every stage')
     force: bool = param(False, 'run every stage again, even when nothing changed')
     dry_run: bool = param(False, 'paper: only print and write OUT/paper-plan.md, every training run with its recipe, '
@@ -62,6 +75,9 @@ class ReproduceConfig(Params):
             for k in ('ffpp', 'affectnet'):
                 if getattr(self, k) is not None and not Path(getattr(self, k)).is_dir():
                     raise EmdError(f"--{k} {getattr(self, k)} is not a folder")
+        if self.runs_per_gpu < 1: raise EmdError(f"--runs-per-gpu {self.runs_per_gpu}: give 1 or more")
+        bad = [o for o in self.slurm_option if '=' not in o or not o.split('=', 1)[0]]
+        if bad: raise EmdError(f"--slurm-option {' '.join(bad)}: give KEY=VALUE (e.g. account=lab)")
         return self
 
 # %% ../nbs/52_plans.ipynb #0a66add7
