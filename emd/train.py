@@ -52,8 +52,7 @@ class DetectorTrainConfig(Params):
                                        "the paper, IV-B) or holding the encoder's weights for its old inputs and zero "
                                        "for the FER's (zero: starts as the network without FER)", choices=CONCAT_INITS)
     fer_framing: str = param('crop', "what the FER sees of each crop: the whole crop (FF++'s 1.3x face box; measured the "
-                                     "better on SynthForensics) or its central face box (AffectNet's framing)",
-                             choices=FER_FRAMINGS)
+                                     "better on SynthForensics) or its central face box (AffectNet's framing)", choices=FER_FRAMINGS)
     size: int = param(256, 'side of the crops given to the model, in pixels (EmdNet needs a multiple of 16)')
     input_size: int = param(0, "side the model itself resizes the crops to, for models that have one of their own "
                                "(0: its paper's: Xception 299, MesoNet and MultiTask 256, steganalysis 128)")
@@ -77,6 +76,8 @@ class DetectorTrainConfig(Params):
                                'batches (0: keep the running averages, which lag behind the weights in short runs)')
     augment: bool = param(False, 'flip, small affine and colour jitter (the paper mentions none)')
     workers: int = param(4, 'DataLoader worker processes (per process)')
+    frame_cache: str = param('auto', "crops and masks from a memory-mapped uint8 copy of the store (STORE/arrays/, made once; "
+                                     "the same bytes, no decoding): auto (up to 4 GiB), on, off", choices=('auto', 'on', 'off'))
     device: str = param('auto', 'auto, cpu, cuda or cuda:N (under torchrun: each process takes its local GPU)')
     amp: str = param('off', "off: float32 on every device; bf16: bfloat16 autocast of the network's body (heads, losses and "
                             "scores stay float32; fast on GPUs and on CPUs with AVX-512 BF16 or AMX)", choices=AMP_MODES)
@@ -91,11 +92,8 @@ class DetectorTrainConfig(Params):
     predict: bool = param(True, 'write the best epoch\'s predictions on the test split')
     resume: bool = param(False, 'continue the run in --out from its checkpoint')
     force: bool = param(False, 'start over in a non-empty --out')
-    PROFILES = {
-        'paper': dict(),
-        'smoke': dict(encoder='tu-xception41', encoder_width=.25, decoder_channels=64, size=128, epochs_phase1=0,
-                      epochs=5, batch_size=16, workers=1),
-    }
+    PROFILES = {'paper': dict(), 'smoke': dict(encoder='tu-xception41', encoder_width=.25, decoder_channels=64, size=128,
+                                               epochs_phase1=0, epochs=5, batch_size=16, workers=1)}
 
     def check(self):
         if self.data is None: raise EmdError("--data is required: the frame store written by `emd prepare ffpp`")
@@ -110,7 +108,7 @@ class DetectorTrainConfig(Params):
         "What must not change between a run and its resumption (`epochs` may grow: `--resume --epochs 30` extends a run)."
         return {k: v for k, v in self.to_dict().items()
                 if k not in ('out', 'data', 'resume', 'force', 'workers', 'device', 'predict', 'epochs', 'fer_cache_gb',
-                             'fer_features')}
+                             'fer_features', 'frame_cache')}
 
     def run_inputs(self) -> dict:
         "Digests of what the run reads besides its settings: the frame store, the FER and encoder weights, the code."
