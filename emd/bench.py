@@ -92,8 +92,8 @@ def bench_store(root, work: Path) -> Path:
 # %% ../nbs/61_bench.ipynb #7c2d5862
 def copy_workers(device) -> int:
     "DataLoader workers over the store's uint8 copy: none on a CPU of 2 cores or fewer (a worker would take a core from the model), else up to 8, a core left to the main process."
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
-    return 0 if (torch.device(device).type == 'cpu' and cores <= 2) else max(0, min(8, cores - 1))
+    from emd.data.datasets import loader_workers
+    return loader_workers(-1, device)
 
 def bench_train(store, models, device, steps: int = 4, batch_size: int = 8, seed: int = 0) -> list:
     "Training images/s of each model (smoke profile sizes): end to end from the PNG files (one worker) and from the store's uint8 copy (`copy_workers`), and alone; a row per model."

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from .core import (AMP_MODES, EmdError, Params, autocast, autocast_dtype, command, is_manipulated, log, param,
                       precision_label, recompute_bn_stats, say_once, seed_everything, tf32_matmul)
-from .data.datasets import FER_FRAMINGS, detection_data, eval_loader, train_loader
+from .data.datasets import FER_FRAMINGS, detection_data, eval_loader, loader_workers, train_loader
 from .data.store import FrameStore
 from .engine import Dist, Trainer
 from .fer_cache import FerCache, fer_cache_for, load_fer_features
@@ -75,7 +75,8 @@ class DetectorTrainConfig(Params):
     precise_bn: int = param(0, 'before each validation, estimate the batch-norm statistics afresh on this many training '
                                'batches (0: keep the running averages, which lag behind the weights in short runs)')
     augment: bool = param(False, 'flip, small affine and colour jitter (the paper mentions none)')
-    workers: int = param(4, 'DataLoader worker processes (per process)')
+    workers: int = param(-1, 'DataLoader worker processes per process (-1: sized to the cores: none for a CPU run on 2 '
+                             'cores or fewer, else up to 8, a core left)')
     frame_cache: str = param('auto', "crops and masks from a memory-mapped uint8 copy of the store (STORE/arrays/, made once; "
                                      "the same bytes, no decoding): auto (up to 4 GiB), on, off", choices=('auto', 'on', 'off'))
     device: str = param('auto', 'auto, cpu, cuda or cuda:N (under torchrun: each process takes its local GPU)')
@@ -450,7 +451,7 @@ def predict_test(self: DetectorTrainer) -> dict:
     "Predict the test split with the best epoch's model; write the predictions; their frame count and accuracy."
     test_ds = detection_data(self.cfg, 'test')
     best_model = load_detector(self.run.path, self.device).to(memory_format=self.fmt)
-    df, masks = predict(best_model, test_ds, self.device, self.cfg.batch_size, self.amp, self.cfg.workers, self.progress,
+    df, masks = predict(best_model, test_ds, self.device, self.cfg.batch_size, self.amp, loader_workers(self.cfg.workers, self.device), self.progress,
                         fer_cache_for(best_model, self.cfg, test_ds, self.maps))
     self.run.write_predictions('test', df, masks)
     return dict(test_frames=len(df), test_accuracy=float((is_manipulated(df.prob) == (df.label > .5)).mean()))

@@ -16,7 +16,7 @@ import torch
 from .core import EmdError, autocast_dtype, command, log, package_info, param, precision_label, tf32_matmul, write_json
 from .registry import create_model
 from .engine import Dist
-from .data.datasets import detection_data, train_loader
+from .data.datasets import detection_data, loader_workers, train_loader
 from .train import DetectorTrainConfig, set_phase, train_mode, train_step, trainable_parameters
 
 # %% ../nbs/32_train_speed.ipynb #0244a6e7
@@ -44,7 +44,7 @@ def _throughput(cfg: DetectorTrainConfig, steps: int, warmup: int) -> dict:
     if len(ds) < need: raise EmdError(f"the training split has {len(ds)} frames; {need} are needed for {steps} + {warmup} steps")
     res = dict(model=cfg.model, batch_size=cfg.batch_size, size=cfg.size, device=str(device),
                precision=precision_label(amp, cfg.tf32, device),
-               workers=cfg.workers, steps=steps, threads=torch.get_num_threads(), synthetic=ds.store.synthetic)
+               workers=loader_workers(cfg.workers, device), steps=steps, threads=torch.get_num_threads(), synthetic=ds.store.synthetic)
     # end to end: the training loader
     t0, n = None, 0
     it = iter(train_loader(ds, cfg, 0, dd))

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['FER_SIZE', 'FER_FRAMINGS', 'FRAME_CACHE_GB', 'FRAME_CACHES', 'normalize', 'fer_input', 'detection_transform',
            'frame_arrays', 'DetectionDataset', 'expression_transform', 'ExpressionDataset', 'video_subset',
-           'detection_data', 'train_loader', 'eval_loader']
+           'detection_data', 'loader_workers', 'train_loader', 'eval_loader']
 
 # %% ../../nbs/14_data_datasets.ipynb #11ed0b14
 import copy
@@ -269,8 +269,15 @@ def detection_data(cfg, split: str, train: bool = False):
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(rng_for(seed, 'detector-epoch', epoch).integers(2 ** 62)))
 
+def loader_workers(workers: int, device) -> int:
+    "DataLoader worker processes: `workers` when given (0 or more); -1: sized to the cores, none for a CPU run on 2 cores or fewer (a worker would take a core from the model), else up to 8 with a core left to the main process."
+    if workers >= 0: return workers
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+    return 0 if (torch.device(device).type == 'cpu' and cores <= 2) else max(0, min(8, cores - 1))
+
 def train_loader(ds, cfg, epoch: int, dd):
     g = _epoch_generator(cfg.seed, epoch)
+    w = loader_workers(cfg.workers, dd.device)
     if dd.world > 1:
         sampler = torch.utils.data.DistributedSampler(ds, dd.world, dd.rank, shuffle=True, seed=cfg.seed, drop_last=True)
         sampler.set_epoch(epoch)
@@ -279,11 +286,11 @@ def train_loader(ds, cfg, epoch: int, dd):
     else:
         sampler = torch.utils.data.RandomSampler(ds, generator=g)
     return DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, drop_last=len(ds) >= 2 * cfg.batch_size,
-                      num_workers=cfg.workers, generator=g, pin_memory=dd.device.type == 'cuda',
-                      persistent_workers=False, prefetch_factor=4 if cfg.workers else None)
+                      num_workers=w, generator=g, pin_memory=dd.device.type == 'cuda',
+                      persistent_workers=False, prefetch_factor=4 if w else None)
 
 # %% ../../nbs/14_data_datasets.ipynb #cdafbf12
 def eval_loader(ds, cfg, dd, shard: bool = True):
     part = Subset(ds, range(dd.rank, len(ds), dd.world)) if (shard and dd.world > 1) else ds
-    return DataLoader(part, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers,
+    return DataLoader(part, batch_size=cfg.batch_size, shuffle=False, num_workers=loader_workers(cfg.workers, dd.device),
                       pin_memory=dd.device.type == 'cuda')
