@@ -277,7 +277,7 @@ def train_fers(cfg: ReproduceConfig) -> dict:
     from emd.core import resolve_device, tf32_matmul
     from emd.data.datasets import DetectionDataset
     from emd.fer import load_fer
-    from emd.fer_train import FerTrainConfig
+    from emd.fer_train import FerTrainConfig, train_fer
     from emd.fer_cache import precompute_fer_features
     plan, p = plan_of(cfg.profile), paths(cfg)
     out, runs = {}, {}
@@ -292,7 +292,6 @@ def train_fers(cfg: ReproduceConfig) -> dict:
         out.update({kind: Run(fc.out).summary() for kind, fc in runs.items()})
     for kind, fc in runs.items():
         if kind in out: continue
-        from emd.fer_train import train_fer
         out[kind] = train_fer(fc.replace(force=True), progress=False) if cfg.force else complete(train_fer, fc, progress=False)
     if plan.fer_maps:
         size = detector_size(plan)

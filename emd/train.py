@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from .core import (AMP_MODES, EmdError, Params, autocast, autocast_dtype, command, is_manipulated, log, param,
                       precision_label, recompute_bn_stats, say_once, seed_everything, tf32_matmul)
-from .data.datasets import FER_FRAMINGS, detection_data, eval_loader, loader_workers, train_loader
+from .data.datasets import FER_FRAMINGS, detection_data, eval_loader, loader_workers, run_arrays, train_loader
 from .data.store import FrameStore
 from .engine import Dist, Trainer
 from .fer_cache import FerCache, fer_cache_for, load_fer_features
@@ -327,7 +327,8 @@ class DetectorTrainer(Trainer):
         "Seed, then the data sets, the model and the optimiser (Adam; a constant rate or StepLR)."
         cfg = self.cfg
         seed_everything(cfg.seed)
-        self.train_ds, self.val_ds = detection_data(cfg, 'train', train=True), detection_data(cfg, 'val')
+        self.arrays = run_arrays(cfg)                    # the store's uint8 copy, looked up once for the run's three splits
+        self.train_ds, self.val_ds = detection_data(cfg, 'train', True, self.arrays), detection_data(cfg, 'val', arrays=self.arrays)
         self.model = create_model(cfg.model, **cfg.model_options()).to(self.device, memory_format=self.fmt)
         self.fits = hasattr(self.model, 'fit')   # fitted in closed form (steganalysis features + SVM): no optimiser
         if self.fits and self.dd.world > 1: raise EmdError(f"{cfg.model} is fitted in one process: run it without torchrun")
@@ -449,7 +450,7 @@ def summary_facts(self: DetectorTrainer) -> dict:
 @patch
 def predict_test(self: DetectorTrainer) -> dict:
     "Predict the test split with the best epoch's model; write the predictions; their frame count and accuracy."
-    test_ds = detection_data(self.cfg, 'test')
+    test_ds = detection_data(self.cfg, 'test', arrays=getattr(self, 'arrays', ...))
     best_model = load_detector(self.run.path, self.device).to(memory_format=self.fmt)
     df, masks = predict(best_model, test_ds, self.device, self.cfg.batch_size, self.amp, loader_workers(self.cfg.workers, self.device), self.progress,
                         fer_cache_for(best_model, self.cfg, test_ds, self.maps))

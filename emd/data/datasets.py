@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['FER_SIZE', 'FER_FRAMINGS', 'FRAME_CACHE_GB', 'FRAME_CACHES', 'normalize', 'fer_input', 'detection_transform',
            'frame_arrays', 'DetectionDataset', 'expression_transform', 'ExpressionDataset', 'video_subset',
-           'detection_data', 'loader_workers', 'train_loader', 'eval_loader']
+           'run_arrays', 'detection_data', 'loader_workers', 'train_loader', 'eval_loader']
 
 # %% ../../nbs/14_data_datasets.ipynb #11ed0b14
 import copy
@@ -255,11 +255,15 @@ def video_subset(rows: pd.DataFrame, n: int, seed: int) -> np.ndarray:
     return np.flatnonzero(target.isin(keep).to_numpy())
 
 # %% ../../nbs/14_data_datasets.ipynb #f5e80fcb
-def detection_data(cfg, split: str, train: bool = False):
-    "The `DetectionDataset` of `split` for this run (the training subset of Fig. 6 for the training split), from the uint8 copy of the store where `cfg.frame_cache` says."
+def run_arrays(cfg) -> dict | None:
+    "The uint8 copy of the run's store that `cfg.frame_cache` asks for (made now if missing or stale), or None: PNG files."
     mode = getattr(cfg, 'frame_cache', 'off')
     if mode not in FRAME_CACHES: raise EmdError(f"frame_cache {mode!r}: choose one of {', '.join(FRAME_CACHES)}")
-    arrays = None if mode == 'off' else frame_arrays(cfg.data, FRAME_CACHE_GB if mode == 'auto' else None)
+    return None if mode == 'off' else frame_arrays(cfg.data, FRAME_CACHE_GB if mode == 'auto' else None)
+
+def detection_data(cfg, split: str, train: bool = False, arrays=...):
+    "The `DetectionDataset` of `split` for this run (the training subset of Fig. 6 for the training split), from the uint8 copy of the store where `cfg.frame_cache` says (`arrays`: `run_arrays(cfg)` already looked up, so that a run checks the copy once, not once per split)."
+    if arrays is ...: arrays = run_arrays(cfg)
     ds = DetectionDataset(cfg.data, split, methods=cfg.methods, compressions=cfg.compression, size=cfg.size,
                           augment=cfg.augment and train, arrays=arrays)
     if train and cfg.train_videos: ds = ds.subset(video_subset(ds.rows, cfg.train_videos, cfg.seed))
