@@ -326,7 +326,7 @@ def _cpu_model() -> str:
         return platform.processor() or platform.machine()
 
 # the libraries whose versions can move a number (decoding, resizing, random streams, kernels): the manifest records them
-_LIBRARIES = ('torch', 'torchvision', 'numpy', 'scipy', 'opencv-python', 'opencv-python-headless', 'av', 'pillow', 'dlib',
+_LIBRARIES = ('torch', 'torchvision', 'numpy', 'scipy', 'opencv-python', 'opencv-python-headless', 'av', 'pillow', 'dlib', 'dlib-bin',
               'timm', 'segmentation-models-pytorch', 'scikit-learn', 'pandas', 'pyarrow', 'safetensors')
 
 def library_versions() -> dict:
