@@ -6,8 +6,8 @@
 __all__ = ['log', 'THRESHOLD', 'AMP_MODES', 'EmdError', 'setup_logging', 'rng_for', 'seed_everything', 'param', 'Params',
            'command', 'write_failure', 'atomic_write', 'write_json', 'read_json', 'output_dir', 'is_manipulated',
            'save_checkpoint', 'load_checkpoint', 'write_csv_log', 'run_parallel', 'package_info', 'fast_bf16',
-           'resolve_device', 'say_once', 'autocast_dtype', 'autocast', 'precision_label', 'keep_float32', 'tf32_matmul',
-           'recompute_bn_stats']
+           'usable_cores', 'resolve_device', 'say_once', 'autocast_dtype', 'autocast', 'precision_label',
+           'keep_float32', 'tf32_matmul', 'recompute_bn_stats']
 
 # %% ../nbs/00_core.ipynb #ad81cf36
 import argparse
@@ -388,6 +388,10 @@ def fast_bf16(device) -> bool:
     except OSError:
         return False
     return 'amx_bf16' in flags or 'avx512_bf16' in flags
+
+def usable_cores() -> int:
+    "The CPU cores this process may run on (its affinity mask where the system has one, else all)."
+    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
 
 def resolve_device(name: str = 'auto'):
     "`auto` -> the first GPU if there is one, else the CPU; an unavailable GPU is an error."

@@ -228,10 +228,9 @@ def _stretches(path, k: int, every: int, size: int, part: int = 0, parts: int = 
 def face_workers(workers: int, device) -> int:
     "Face worker processes for `emd detect`: `workers` when given (0 or more); -1: none when the model runs on the CPU (measured on 2 cores: each worker's start, about 2 s, outweighs the overlap), else up to 4 with 2 cores left to this process."
     if workers >= 0: return workers
-    import os
+    from emd.core import usable_cores
     if torch_device_type(device) == 'cpu': return 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
-    return max(0, min(4, cores - 2))
+    return max(0, min(4, usable_cores() - 2))
 
 def torch_device_type(device) -> str:
     "'cpu' or 'cuda' (or another type) of a device or its name, without importing PyTorch for a name."

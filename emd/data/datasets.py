@@ -276,7 +276,8 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
 def loader_workers(workers: int, device) -> int:
     "DataLoader worker processes: `workers` when given (0 or more); -1: sized to the cores, none for a CPU run on 2 cores or fewer (a worker would take a core from the model), else up to 8 with a core left to the main process."
     if workers >= 0: return workers
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+    from emd.core import usable_cores
+    cores = usable_cores()
     return 0 if (torch.device(device).type == 'cpu' and cores <= 2) else max(0, min(8, cores - 1))
 
 def train_loader(ds, cfg, epoch: int, dd):
