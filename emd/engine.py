@@ -108,8 +108,9 @@ def record(self: Trainer, figures: dict, ev: dict) -> dict:
 # %% ../nbs/06_engine.ipynb #a9e1168c
 @patch
 def improved(self: Trainer, ev: dict) -> bool:
-    "Whether this epoch's validation beats the best epoch so far."
-    return float(ev[self.best_by]) > self.best['score']
+    "Whether this epoch's validation beats the best epoch so far (an undefined score, nan, only as the first epoch)."
+    s = float(ev[self.best_by])
+    return s > self.best['score'] if s == s else self.best['epoch'] == 0
 
 # %% ../nbs/06_engine.ipynb #a33e2846
 @patch

@@ -69,9 +69,9 @@ class DetectorTrainConfig(Params):
     seg_weight: float = param(1., 'weight of L_seg in the loss (Eq. 8: 1)')
     train_videos: int = param(0, 'use only this many training target videos, with their fakes (0: all; Fig. 6)')
     balanced: bool = param(False, 'draw real and fake training frames equally often')
-    best_by: str = param('accuracy', 'keep the epoch with the best validation accuracy (the paper) or balanced accuracy '
-                                     '(the mean of the real and fake frames\' accuracies: for unbalanced data)',
-                         choices=('accuracy', 'balanced_accuracy'))
+    best_by: str = param('accuracy', "keep the epoch with the best validation accuracy (the paper), balanced accuracy (unbalanced "
+                                     "data) or frame AUC (threshold-free: steadier on a small validation split)",
+                         choices=('accuracy', 'balanced_accuracy', 'auc'))
     precise_bn: int = param(0, 'before each validation, estimate the batch-norm statistics afresh on this many training '
                                'batches (0: keep the running averages, which lag behind the weights in short runs)')
     augment: bool = param(False, 'flip, small affine and colour jitter (the paper mentions none)')
@@ -218,14 +218,15 @@ def forward_batch(net, model, x, b: dict, amp: torch.dtype | None, cache=None, t
 @torch.no_grad()
 def evaluate(model, loader, dd: Dist, amp: torch.dtype | None = None, fmt=torch.contiguous_format,
              seg_weight: float = 1., cache: FerCache | None = None) -> dict:
-    "Frame accuracy (and its balanced version), mean loss and pixel accuracy on `loader`, summed over the processes."
+    "Frame accuracy (and its balanced version), frame AUC, mean loss and pixel accuracy on `loader`, over the processes."
     model.eval()
-    tp = tn = pos = loss = n = pix_ok = pix_n = 0.
+    tp = tn = pos = loss = n = pix_ok = pix_n = 0.; scores = []
     for batch in loader:
         x, b = to_device(batch, dd.device, fmt)
         out = forward_batch(model, model, x, b, amp, cache)
         l, _ = _loss(model, out, b, seg_weight)
-        pred, fake = is_manipulated(out.logits.float().sigmoid()), b['label'] > .5
+        prob = out.logits.float().sigmoid(); pred, fake = is_manipulated(prob), b['label'] > .5
+        scores.append(torch.stack([prob, fake.float()], 1).cpu())
         tp += (pred & fake).sum().item(); tn += (~pred & ~fake).sum().item(); pos += fake.sum().item()
         loss += l.item() * len(x); n += len(x)
         if out.mask_logits is not None:
@@ -233,8 +234,11 @@ def evaluate(model, loader, dd: Dist, amp: torch.dtype | None = None, fmt=torch.
             pix_n += b['mask'].numel()
     tp, tn, pos, loss, n, pix_ok, pix_n = dd.sum(tp, tn, pos, loss, n, pix_ok, pix_n)
     balanced = (tp / pos + tn / (n - pos)) / 2 if 0 < pos < n else float('nan')
-    return dict(accuracy=(tp + tn) / max(n, 1), balanced_accuracy=balanced, loss=loss / max(n, 1), frames=int(n),
-                pixel_accuracy=(pix_ok / pix_n) if pix_n else float('nan'))
+    from sklearn.metrics import roc_auc_score     # sklearn's, not emd.metrics': its edits must not retrain every run
+    s = np.concatenate(dd.gather(torch.cat(scores).numpy() if scores else np.zeros((0, 2))))   # (prob, fake) rows
+    auc = float(roc_auc_score(s[:, 1] > .5, s[:, 0])) if 0 < pos < n else float('nan')
+    return dict(accuracy=(tp + tn) / max(n, 1), balanced_accuracy=balanced, auc=auc,
+                loss=loss / max(n, 1), frames=int(n), pixel_accuracy=(pix_ok / pix_n) if pix_n else float('nan'))
 
 # %% ../nbs/31_train.ipynb #7179c894
 def train_step(net, model, opt, batch: dict, device, fmt=torch.contiguous_format, amp: torch.dtype | None = None,
@@ -262,8 +266,7 @@ def predict(model, ds, device, batch_size: int = 32, amp: torch.dtype | None = N
         if out.mask_logits is not None:
             pred_masks.append((out.mask_logits.float().sigmoid()[:, 0] * 255).round().to(torch.uint8).cpu())
             true_masks.append((b['mask'][:, 0] > .5).to(torch.uint8))
-    cols = [c for c in ('split', 'method', 'compression', 'video', 'frame', 'label', 'image_path', 'mask_path')
-            if c in ds.rows]
+    cols = [c for c in ('split', 'method', 'compression', 'video', 'frame', 'label', 'image_path', 'mask_path') if c in ds.rows]
     df = ds.rows[cols].copy().reset_index(drop=True)
     df['prob'] = torch.cat(probs).numpy().astype(np.float32)
     masks = (torch.cat(pred_masks).numpy(), torch.cat(true_masks).numpy()) if pred_masks else None
@@ -289,12 +292,11 @@ def precise_bn(model, batches, n: int, device, fmt=torch.contiguous_format, amp:
 
 def _train_epoch(net, model, opt, batches, dd: Dist, fmt, amp: torch.dtype | None, seg_weight: float,
                  cache=None) -> tuple:
-    "One epoch of optimiser steps: (frames, correct, summed loss parts), summed over the processes."
+    "One epoch of optimiser steps: (frames, correct, summed loss parts) over the processes; sums kept on the device (no sync per step)."
     train_mode(model)
     n, acc, names = 0, None, None
     for step, batch in enumerate(batches):
         k, loss, parts, correct = train_step(net, model, opt, batch, dd.device, fmt, amp, seg_weight, cache)
-        # running sums stay on the device: no host synchronisation per step
         vals = torch.stack([correct.double(), loss.double() * k, *(v.double() * k for v in parts.values())])
         acc, names, n = (vals if acc is None else acc + vals), ['loss', *parts], n + k
         if step % 10 == 0 and hasattr(batches, 'set_postfix'): batches.set_postfix(loss=f"{acc[1].item() / n:.3f}")
@@ -411,7 +413,7 @@ def record(self: DetectorTrainer, figures: dict, ev: dict) -> dict:
                **{f'train_{k}': round(v / n, 5) for k, v in figures['sums'].items()},
                train_accuracy=round(figures['correct'] / n, 5), val_loss=round(ev['loss'], 5),
                val_accuracy=round(ev['accuracy'], 5), val_balanced_accuracy=round(ev['balanced_accuracy'], 5),
-               val_pixel_accuracy=round(ev['pixel_accuracy'], 5),
+               val_auc=round(ev['auc'], 5), val_pixel_accuracy=round(ev['pixel_accuracy'], 5),
                images_per_s=round(figures['frames'] / max(self.train_seconds, 1e-9), 2),
                seconds=round(time.time() - self.t_start, 2))
     if self.main:
@@ -430,12 +432,10 @@ def keep_best(self: DetectorTrainer, ev: dict):
                   synthetic=self.train_ds.store.synthetic, size=cfg.size, methods=list(cfg.methods),
                   compression=list(cfg.compression), trained_on=str(cfg.data))
 
-# %% ../nbs/31_train.ipynb #52d4eb3f
 @patch
 def improved(self: DetectorTrainer, ev: dict) -> bool:
     "Whether this epoch becomes the best: only phase-2 epochs compete (the paper's best of the 20 epochs after phase 1)."
-    if self.phase == 1 and self.cfg.epochs > 0: return False
-    return Trainer.improved(self, ev)
+    return not (self.phase == 1 and self.cfg.epochs > 0) and Trainer.improved(self, ev)
 
 # %% ../nbs/31_train.ipynb #99c061a2
 @patch
