@@ -11,6 +11,7 @@ __all__ = ['VIDEO_SUFFIXES', 'IMAGE_SUFFIXES', 'TRACK_CHUNK', 'SUMMARY_COLUMNS',
 # %% ../nbs/60_detect.ipynb #927e9aa2
 import json
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from .core import (EmdError, Params, atomic_write, command, is_manipulated, log,
                       write_failure, write_json)
 from .data.faces import crop, crop_box, detect_face
 from .data.ffpp import sample_frames
+from .face_pool import WorkerPool, ordered_chunks
 
 # %% ../nbs/60_detect.ipynb #423850df
 VIDEO_SUFFIXES = ('.mp4', '.avi', '.mov', '.mkv', '.webm', '.m4v')
@@ -236,15 +238,15 @@ def torch_device_type(device) -> str:
     "'cpu' or 'cuda' (or another type) of a device or its name, without importing PyTorch for a name."
     return device.split(':')[0] if isinstance(device, str) else device.type
 
-def face_stream(path, cfg, size: int, sec: dict, device='cpu'):
-    "`(index, crop box, kind, crop)` of each analysed frame, found here or by face worker processes (`cfg.face_workers`)."
+def face_stream(path, cfg, size: int, sec: dict, device='cpu', pool=None):
+    "`(index, crop box, kind, crop)` of each analysed frame, found here or by face worker processes (`cfg.face_workers`; those of `pool`, a `WorkerPool`, when given)."
     w = 0 if Path(path).suffix.lower() in IMAGE_SUFFIXES else face_workers(cfg.face_workers, device)
     if not w:
         yield from (r[1:] for r in _faces(frames_of(path, cfg.frames), cfg.detect_every, size, sec)); return
-    from emd.face_pool import ordered_chunks
     from emd.detect import _stretches as job     # spawned workers import what they run: the module's function
+    args = (str(path), cfg.frames, cfg.detect_every, size)
     t0 = time.perf_counter()
-    for rows, s in ordered_chunks(job, (str(path), cfg.frames, cfg.detect_every, size), w):
+    for rows, s in (pool.chunks(job, args) if pool is not None else ordered_chunks(job, args, w)):
         sec['wait'] = sec.get('wait', 0.) + time.perf_counter() - t0
         for key, v in s.items(): sec[key] += v
         yield from rows
@@ -254,8 +256,8 @@ def face_stream(path, cfg, size: int, sec: dict, device='cpu'):
 class Undetermined(EmdError):
     "The model gave no usable probability (NaN): the file is neither manipulated nor not."
 
-def detect_file(path, analyser: Analyser, cfg: DetectConfig, out=None) -> dict:
-    "Analyse one video or image: the frame table, the video score and decision, maps and timings (files in `out`)."
+def detect_file(path, analyser: Analyser, cfg: DetectConfig, out=None, pool=None) -> dict:
+    "Analyse one video or image: the frame table, the video score and decision, maps and timings (files in `out`); `pool`: face workers kept from file to file."
     from tqdm.auto import tqdm
     path = Path(path)
     t_start = time.perf_counter()
@@ -266,7 +268,7 @@ def detect_file(path, analyser: Analyser, cfg: DetectConfig, out=None) -> dict:
 
     n_want = len(sample_frames(n_total, cfg.frames)) if cfg.frames else n_total
     bar = tqdm(total=n_want, desc=path.name, unit='frame', leave=False)
-    for chunk in _batches(face_stream(path, cfg, analyser.size, sec, analyser.device), cfg.batch_size):
+    for chunk in _batches(face_stream(path, cfg, analyser.size, sec, analyser.device, pool), cfg.batch_size):
         have = [k for k, (_, _, _, c) in enumerate(chunk) if c is not None]
         res = analyser([chunk[k][3] for k in have]) if have else None
         for k, (i, b, kind, c) in enumerate(chunk):
@@ -411,9 +413,9 @@ def _describe(e: BaseException) -> str:
     kind = type(e).__qualname__ if type(e).__module__ == 'builtins' else f'{type(e).__module__}.{type(e).__qualname__}'
     return f'{kind}: {e}' if str(e) else kind
 
-def _detect_one(f, analyser: Analyser, cfg: DetectConfig, out, name: str) -> dict:
+def _detect_one(f, analyser: Analyser, cfg: DetectConfig, out, name: str, pool=None) -> dict:
     "One file's row of summary.csv: its score and decision, or why it has none (any error but the disk's)."
-    try: r = detect_file(f, analyser, cfg, out)['result']
+    try: r = detect_file(f, analyser, cfg, out, pool)['result']
     except Exception as e:
         msg = write_failure(e)     # a full or read-only disk stops the command (core.command); an unreadable input not
         if msg is not None and not msg.startswith('cannot access'): raise
@@ -440,15 +442,17 @@ def _detect(cfg: DetectConfig, progress: bool) -> pd.DataFrame:
     analyser = Analyser(cfg.weights, cfg.device, cfg.amp)
     single = Path(cfg.input).is_file()
     log.info(f"{analyser.name} ({analyser.size} px crops, {analyser.device}) on {len(files)} file(s) -> {out}")
-    rows = []
-    for f in tqdm(files, desc='files', unit='file', disable=single or not progress):
-        name = str(out) if single else out_name(f)
-        try: rows.append(_detect_one(f, analyser, cfg, out if single else out / name, name))
-        except BaseException as e:                      # Ctrl-C, a full disk: the rows so far, and this file's fate
-            rows.append(_row(f, name, 'interrupted', _describe(e)))
-            raise
-        finally:
-            if not single: _write_summary(out, rows)   # after every file: a stopped folder keeps its summary
+    rows, w = [], face_workers(cfg.face_workers, analyser.device)
+    videos = sum(Path(f).suffix.lower() not in IMAGE_SUFFIXES for f in files)
+    with (WorkerPool(w) if w and videos > 1 else nullcontext()) as pool:   # a folder's videos share the face workers
+        for f in tqdm(files, desc='files', unit='file', disable=single or not progress):
+            name = str(out) if single else out_name(f)
+            try: rows.append(_detect_one(f, analyser, cfg, out if single else out / name, name, pool))
+            except BaseException as e:                      # Ctrl-C, a full disk: the rows so far, and this file's fate
+                rows.append(_row(f, name, 'interrupted', _describe(e)))
+                raise
+            finally:
+                if not single: _write_summary(out, rows)   # after every file: a stopped folder keeps its summary
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 # %% ../nbs/60_detect.ipynb #d46c1d45
