@@ -43,7 +43,7 @@ class WorkerPool:
     def __init__(self, workers: int, depth: int = 2, poll: float = 1.):
         if workers < 1: raise EmdError(f"a worker pool needs at least one worker, not {workers}")
         self.workers, self.depth, self.poll = workers, depth, poll
-        self.procs, self.job, self.starts = [], 0, 0       # starts: how many times the workers were started
+        self.procs, self.job, self.starts, self.busy = [], 0, 0, False   # starts: how many times the workers were started
 
     def _start(self):
         ctx = mp.get_context('spawn')             # not fork: the caller has PyTorch's threads running
@@ -62,29 +62,31 @@ class WorkerPool:
 
     def chunks(self, fn: Callable, args: tuple) -> Iterator:
         "The payloads of `fn(*args, part=w, parts=workers)` (worker w: chunks w, w + W, ...), in chunk order."
+        if self.busy: self.close()                # the last stream was left unfinished and unclosed: its workers may be at it still
         if not self.procs: self._start()
         self.job += 1
-        for t in self.tasks: t.put((self.job, fn, args))
+        job, self.busy = self.job, True
+        for t in self.tasks: t.put((job, fn, args))
         done = False
         try:
             n = 0
-            while (got := self._get(n % self.workers, self.job))[0] != 'end':
+            while (got := self._get(n % self.workers, job))[0] != 'end':
                 if got[1] != n: raise EmdError(f"worker {n % self.workers} gave chunk {got[1]} where chunk {n} was due")
                 yield got[2]
                 n += 1
             for k in range(1, self.workers):      # the other workers have no chunk n either: their 'end' is next
-                if self._get((n + k) % self.workers, self.job)[0] != 'end':
+                if self._get((n + k) % self.workers, job)[0] != 'end':
                     raise EmdError(f"worker {(n + k) % self.workers} gave a chunk after the stream's end")
-            done = True
+            done, self.busy = True, False
         finally:
-            if not done: self.close()             # an error, a dead worker or a caller that stopped early: fresh workers next job
+            if not done and self.job == job: self.close()   # an error, a dead worker or a caller that stopped early: fresh workers next job
 
     def close(self):
         "Stop the workers (a later job starts new ones)."
         for p in self.procs:
             if p.is_alive(): p.terminate()
         for p in self.procs: p.join(5)
-        self.procs = []
+        self.procs, self.busy = [], False
 
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
