@@ -18,7 +18,15 @@ def _message(e: BaseException) -> str:
 
 def _loop(part: int, parts: int, tasks, q):
     "A worker: for each job `(job, fn, args)` of `tasks` (None: stop), put `fn`'s chunks on `q`, then 'end' (or 'error' with the message)."
-    while (task := tasks.get()) is not None:
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle: it stops the workers
+    parent = mp.parent_process()
+    while True:
+        try: task = tasks.get(timeout=5)
+        except queue.Empty:
+            if parent is not None and not parent.is_alive(): return   # the caller died hard (killed): no orphans
+            continue
+        if task is None: return
         job, fn, args = task
         try:
             for n, payload in fn(*args, part=part, parts=parts):
@@ -61,11 +69,13 @@ class WorkerPool:
         return kind, n, payload
 
     def chunks(self, fn: Callable, args: tuple) -> Iterator:
-        "The payloads of `fn(*args, part=w, parts=workers)` (worker w: chunks w, w + W, ...), in chunk order."
-        if self.busy: self.close()                # the last stream was left unfinished and unclosed: its workers may be at it still
+        "The payloads of `fn(*args, part=w, parts=workers)` (worker w: chunks w, w + W, ...), in chunk order; one stream at a time."
+        self.job += 1                             # first: a late close of an older stream must not stop these workers
+        job = self.job
+        if self.busy or not all(p.is_alive() for p in self.procs):
+            self.close()                          # the last stream left unfinished and unclosed, or a worker died while idle
         if not self.procs: self._start()
-        self.job += 1
-        job, self.busy = self.job, True
+        self.busy = True
         for t in self.tasks: t.put((job, fn, args))
         done = False
         try:
