@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['PLANS', 'ReproduceConfig', 'Plan', 'plan_of', 'paths', 'project_root', 'config_from', 'fer_path', 'n_train_targets',
-           'training_sizes', 'run_layers', 'run_config', 'detector_runs', 'detector_size', 'run_precision']
+           'training_sizes', 'detector_size', 'run_layers', 'run_config', 'detector_runs', 'run_precision']
 
 # %% ../nbs/52_plans.ipynb #26c99354
 from dataclasses import dataclass, field, fields
@@ -101,7 +101,11 @@ class Plan:
 # %% ../nbs/52_plans.ipynb #aeef9583
 _POOLED = dict(epochs_phase1=0, workers=0, batch_size=8, balanced=True, best_by='balanced_accuracy')
 _MULTITASK_SMOKE = dict(input_size=64, epochs=18)    # ClassNSeg learns slowly: many cheap epochs (64 px)
-_DEEPLAB_SMOKE = dict(epochs=2, precise_bn=20)        # batch-norm statistics estimated afresh before each validation
+# The DeepLabv3+ family at the crops' own 128 px sat at pooled HQ AUC 0.64-0.73 whatever the recipe (10 epochs, other
+# learning rates, widths 0.5 and 1, augmentation, a step decay): its stride-2 stem and strided separable convolutions
+# lose the fine artefacts. Upsampled to 192 px, EMD reached 0.75 after one epoch and 0.81 after two (2.25 times the
+# arithmetic); batch-norm statistics estimated afresh before each validation, the epoch of best validation AUC kept
+_DEEPLAB_SMOKE = dict(epochs=2, size=192, precise_bn=20, best_by='auc')
 # XceptionNet at 96 px for 1 epoch sat near chance (pooled HQ AUC 0.66); at 128 px, 3 epochs, keeping the epoch of
 # best validation AUC: 0.76 (seed 0), 0.85 (seed 1), at four times the time (about 5 minutes)
 _XCEPTION_SMOKE = dict(epochs=3, input_size=128, precise_bn=20, best_by='auc')
@@ -179,6 +183,13 @@ def training_sizes(plan: Plan, n_targets: int) -> list:
     sizes = [max(1, round(s * n_targets)) if s < 1 else int(s) for s in plan.training_sizes]
     return sorted({s for s in sizes if s < n_targets})
 
+# %% ../nbs/52_plans.ipynb #590c5311
+def detector_size(plan: Plan) -> int:
+    "The crop side the plan's detectors train on (the FER maps are made from crops of that size)."
+    from emd.train import DetectorTrainConfig
+    return DetectorTrainConfig.from_profile(plan.detector.get('profile'),
+                                            **{k: v for k, v in plan.detector.items() if k != 'profile'}).size
+
 # %% ../nbs/52_plans.ipynb #66b9704c
 def run_layers(cfg: ReproduceConfig, model: str, methods, comps, out, videos: int = 0) -> list:
     "The layers of settings of one training run of the reproduction, lowest first: [(source, values)]."
@@ -187,15 +198,17 @@ def run_layers(cfg: ReproduceConfig, model: str, methods, comps, out, videos: in
     plan, p, spec = plan_of(cfg.profile), paths(cfg), model_spec(model)
     own = dict(model=model, data=p['ffpp'], methods=tuple(methods), compression=tuple(comps), train_videos=videos, out=out,
                device=cfg.device, seed=cfg.seed, amp=cfg.amp, tf32=cfg.tf32)
+    layers = DetectorTrainConfig.layers(plan.detector.get('profile'), model) + [
+        (f'plan {cfg.profile}: every run', {k: v for k, v in plan.detector.items() if k != 'profile'}),
+        (f'plan {cfg.profile}: {model}', plan.models.get(model, {}))]
     if spec.fer:
         own['fer'] = fer_path(cfg, spec.fer)
-        if plan.fer_maps: own['fer_features'] = str(p['esr_maps' if spec.fer == 'esr' else 'simfer_maps'])
+        # the maps are made from crops of the plan's side: a run at another side computes its own (kept in memory)
+        if plan.fer_maps and DetectorTrainConfig.from_layers(layers).size == detector_size(plan):
+            own['fer_features'] = str(p['esr_maps' if spec.fer == 'esr' else 'simfer_maps'])
     weights = cfg.xception_weights if model == 'xception' else cfg.encoder_weights
     if weights and 'encoder_weights' in DetectorTrainConfig(model=model)._takes(): own['encoder_weights'] = weights
-    return DetectorTrainConfig.layers(plan.detector.get('profile'), model) + [
-        (f'plan {cfg.profile}: every run', {k: v for k, v in plan.detector.items() if k != 'profile'}),
-        (f'plan {cfg.profile}: {model}', plan.models.get(model, {})),
-        ('the reproduction: cell, paths, FER, seed, device, precision', own)]
+    return layers + [('the reproduction: cell, paths, FER, seed, device, precision', own)]
 
 def run_config(cfg: ReproduceConfig, model: str, methods, comps, out, videos: int = 0):
     "The complete `DetectorTrainConfig` of one training run of the reproduction."
@@ -219,13 +232,6 @@ def detector_runs(cfg: ReproduceConfig, n_targets: int | None = None) -> list:
     for v in sizes:
         runs += [make('emd', (m,), ('c23',), cell_run_path(p['work'], 'emd', m, 'c23', v), v) for m in methods]
     return runs
-
-# %% ../nbs/52_plans.ipynb #590c5311
-def detector_size(plan: Plan) -> int:
-    "The crop side the plan's detectors train on (the FER maps are made from crops of that size)."
-    from emd.train import DetectorTrainConfig
-    return DetectorTrainConfig.from_profile(plan.detector.get('profile'),
-                                            **{k: v for k, v in plan.detector.items() if k != 'profile'}).size
 
 # %% ../nbs/52_plans.ipynb #945ad353
 def run_precision(cfg: ReproduceConfig) -> dict:
