@@ -18,7 +18,7 @@ from .runs import Run, cell_run_path, pooled_run_path
 @dataclass
 class ReproduceConfig(Params):
     "Parameters of one `emd reproduce` run."
-    profile: str = param('smoke', 'smoke: SynthForensics on a CPU in under 20 minutes; tiny: the same in a few minutes '
+    profile: str = param('smoke', 'smoke: SynthForensics on a CPU in about 20 minutes; tiny: the same in a few minutes '
                                   '(CI); mini: SynthForensics mini on a GPU; paper: your FF++ and AffectNet on a GPU',
                          choices=('tiny', 'smoke', 'mini', 'paper'))
     out: Path = param(Path('figures'), 'folder for the tables, figures, reproduction.md and manifest.json', metavar='DIR')
@@ -110,7 +110,7 @@ _DEEPLAB_SMOKE = dict(epochs=2, size=192, precise_bn=20, best_by='auc')
 # best validation AUC: 0.76 (seed 0), 0.85 (seed 1), at four times the time (about 5 minutes)
 _XCEPTION_SMOKE = dict(epochs=3, input_size=128, precise_bn=20, best_by='auc')
 # Rahmouni et al. at 64 px levelled off at pooled HQ AUC 0.74-0.75 (10-16 epochs, a step decay); at 96 px it passed
-# 0.76 after 4 epochs and kept rising (0.80 at 8, by validation AUC), 2.25 times the arithmetic of a cheap network
+# 0.76 after 4 epochs and kept rising (0.80 at 8, by validation AUC), 2.25 times the pixels (2.5 times the time)
 _RAHMOUNI_SMOKE = dict(input_size=96, lr=1e-3, epochs=8, best_by='auc')
 _SMOKE_MODELS = dict(emd=_DEEPLAB_SMOKE, xception_seg=_DEEPLAB_SMOKE, xception_simfer=_DEEPLAB_SMOKE,
                      xception=_XCEPTION_SMOKE, rahmouni=_RAHMOUNI_SMOKE,
@@ -129,7 +129,7 @@ PLANS = {
     'smoke': Plan(synthetic=True, synth=dict(profile='smoke', videos=42, split=(.48, .14, .38)), ffpp=dict(size=128, frames_train=6, frames_eval=4),
                   affectnet={}, esr=dict(profile='smoke', epochs=2, max_per_class=40, precise_bn=10),
                   simfer=dict(profile='smoke', model='simfer'), detector=dict(profile='smoke', **_POOLED, epochs=3),
-                  models=_SMOKE_MODELS, training_sizes=(.25, .5), fer_maps=True, pooled=True, jobs=2, seconds=1080),
+                  models=_SMOKE_MODELS, training_sizes=(.25, .5), fer_maps=True, pooled=True, jobs=2, seconds=1260),
     'mini': Plan(synthetic=True, synth=dict(profile='mini'), ffpp=dict(size=299, frames_train=20, frames_eval=10),
                  affectnet={}, esr=dict(profile='smoke', epochs=6), simfer=dict(profile='smoke', model='simfer', epochs=6),
                  detector=dict(profile='paper', epochs_phase1=0, epochs=8), training_sizes=(.05, .15, .3, .6), jobs=1),
