@@ -7,7 +7,6 @@ __all__ = ['FER_PAIRS', 'FER_METRICS', 'data_note', 'table_caption', 'make_table
            'make_fig7', 'paired_difference', 'fer_effect', 'model_learning', 'write_summary']
 
 # %% ../nbs/53_outputs.ipynb #1e5f44b2
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -15,8 +14,8 @@ import pandas as pd
 from .core import package_info, write_json
 from .keys import code_digest, digest, tree_digest
 from .metrics import BOOTSTRAP_RESAMPLES, bootstrap_metrics, paired_bootstrap
-from .plans import ReproduceConfig, n_train_targets, paths, plan_of, run_precision, training_sizes
-from .runs import cell_run
+from .plans import ReproduceConfig, detector_runs, n_train_targets, paths, plan_of, run_precision, training_sizes
+from .runs import Run, cell_run
 from .report import (SYNTHETIC_TAG, cam_examples, cam_figure, cell_metrics, cell_predictions, measured_table,
                         measured_table1, roc_figure, save_figure, table1_markdown, table_markdown, training_size_figure,
                         write_table)
@@ -190,7 +189,6 @@ def model_learning(work) -> pd.DataFrame:
 def _summary_head(cfg: ReproduceConfig) -> list:
     "How the reproduction was made: the data, the command, the package, the time, the precision, the test set's size."
     plan, info = plan_of(cfg.profile), package_info()
-    state = json.loads(paths(cfg)['stages'].read_text()) if paths(cfg)['stages'].is_file() else {}
     head = f"profile {cfg.profile}" + (", SYNTHETIC data (SynthForensics)" if plan.synthetic else ", FaceForensics++ and AffectNet")
     L = [f"# Reproduction of EMD (Mazaheri and Roy-Chowdhury): {head}", '']
     if plan.synthetic:
@@ -198,11 +196,14 @@ def _summary_head(cfg: ReproduceConfig) -> list:
               "generates; none is a result on FaceForensics++ or AffectNet.** The paper's numbers stand beside them "
               "for the layout, not for comparison: the synthetic forgeries, the CPU-sized networks and the short "
               "training of this profile make the measured numbers comparable with each other only.", '']
-    minutes = sum(v.get('seconds') or 0 for v in state.values()) / 60
+    # the training runs' own times: a stage's time is only its last execution's (a re-run that keeps the runs is short)
+    runs = [Run(c.out) for c in detector_runs(cfg)]
+    seconds = [r.summary().get('seconds') or 0 for r in runs if r.summary_file.is_file()]
     L += [f"Made by `emd reproduce --profile {cfg.profile}` with emd {info['version']}"
           + (f" (commit {info['commit'][:10]}{', with local changes' if info['dirty'] else ''})" if info['commit'] else '')
-          + f": {len(state)} stages, {minutes:.1f} minutes of stage time (per stage: `manifest.json`); every network "
-            f"trained in {run_precision(cfg)['label']}.", '']
+          + f": {len(seconds)} training runs, {sum(seconds) / 60:.1f} minutes of training in all (each run's own time; per "
+            f"model in `models.csv`; `manifest.json` has each stage's key and the time of its last execution); every "
+            f"network trained in {run_precision(cfg)['label']}.", '']
     try:
         from emd.data.store import FrameStore
         idx = FrameStore(paths(cfg)['ffpp']).index()

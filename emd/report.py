@@ -49,6 +49,11 @@ def cell_metrics(work, model: str, method: str, compression: str, videos: int = 
 # %% ../nbs/51_report.ipynb #e4078893
 METRIC_OF = {'cls_acc': 'frame_accuracy', 'seg_acc': 'pixel_accuracy'}
 
+def _in_work(path, work) -> str:
+    "A run's folder relative to the work folder (a table names no machine's paths), else as it is."
+    try: return Path(path).resolve().relative_to(Path(work).resolve()).as_posix()
+    except ValueError: return str(path)
+
 def measured_table(name: str, work, missing: str = 'raise') -> pd.DataFrame:
     "Table `name` (II-V) as a long table: paper, measured and difference per published number."
     t = paper_table(name)
@@ -60,7 +65,7 @@ def measured_table(name: str, work, missing: str = 'raise') -> pd.DataFrame:
                    source='measured' if r.model else 'reported (quoted from the paper, not retrained)')
         if r.model:
             try:
-                row['run'] = str(cell_run(work, r.model, r.method_name, r.compression)[0].path)
+                row['run'] = _in_work(cell_run(work, r.model, r.method_name, r.compression)[0].path, work)
                 m, k = cell_metrics(work, r.model, r.method_name, r.compression), METRIC_OF[r.metric]
             except EmdError:
                 if missing == 'raise': raise

@@ -357,7 +357,7 @@ def write_manifest(cfg: ReproduceConfig, state: dict, seconds: float) -> dict:
              precision=run_precision(cfg),
              parameters={k: v for k, v in stage_parameters(cfg).items() if k not in ('work', 'out')},
              stages={n: {k: state.get(n, {}).get(k) for k in ('key', 'status', 'seconds', 'outputs')} for n in STAGES},
-             total_stage_seconds=round(sum(v.get('seconds') or 0 for v in state.values()), 1),
+             total_stage_seconds=round(sum(state.get(n, {}).get('seconds') or 0 for n in STAGES), 1),
              this_invocation_seconds=round(seconds, 1))
     write_json(Path(cfg.out) / 'manifest.json', m)
     return m
