@@ -19,8 +19,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from .core import (EmdError, Params, atomic_write, command, is_manipulated, log, param, resolve_device, tf32_matmul,
-                      write_failure, write_json)
+from .core import (EmdError, Params, _said, atomic_write, command, is_manipulated, log, param, resolve_device,
+                      tf32_matmul, write_failure, write_json)
 from .data.faces import crop, crop_box, detect_face
 from .data.ffpp import sample_frames
 from .face_pool import WorkerPool, ordered_chunks
@@ -44,6 +44,8 @@ class DetectConfig(Params):
     overlay: bool = param(True, 'write overlay.mp4 (box, score and mask heat map on every input frame)')
     maps: bool = param(True, 'write maps.npz: each analysed frame\'s mask and FER CAM')
     top: int = param(4, 'most suspicious frames shown in summary.png')
+    crop_side: int = param(0, "side of the crops the model was trained on: faces are cut at it and resized to the model's "
+                              "input as in training (0: the training run's store's, if here, else the input side)", metavar='PX')
     face_workers: int = param(-1, 'processes that decode the video and find the faces while the model infers, each '
                                   'taking every W-th stretch of frames (0: all in this process; -1: none when the model '
                                   'runs on the CPU, else up to 4 with 2 cores left); the same result for any W; a '
@@ -135,32 +137,45 @@ def inputs_of(path) -> list:
 # %% ../nbs/60_detect.ipynb #f01db4a2
 def fold_batch_norms(module):
     "Fold every `bnK` into the `convK` before it (ESR's and SimFER's layers), in place, for inference; returns `module`."
-    import torch.nn as nn
+    from torch.nn import BatchNorm2d, Conv2d, Identity
     from torch.nn.utils.fusion import fuse_conv_bn_eval
     for sub in list(module.modules()):
         for k in range(1, 10):
             conv, bn = getattr(sub, f'conv{k}', None), getattr(sub, f'bn{k}', None)
-            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-                setattr(sub, f'conv{k}', fuse_conv_bn_eval(conv.eval(), bn.eval())); setattr(sub, f'bn{k}', nn.Identity())
+            if isinstance(conv, Conv2d) and isinstance(bn, BatchNorm2d):
+                setattr(sub, f'conv{k}', fuse_conv_bn_eval(conv.eval(), bn.eval())); setattr(sub, f'bn{k}', Identity())
     return module
 
 # %% ../nbs/60_detect.ipynb #eaca4037
+def _training_store(weights):
+    "The frame store the detector at `weights` was trained on, from its run's `config.json` (None where either is not here)."
+    from emd.data.store import FrameStore
+    folder = Path(weights).parent if Path(weights).is_file() else Path(weights)
+    cfg = next((f / 'config.json' for f in (folder, folder.parent) if (f / 'config.json').is_file()), None)   # a run or its best/
+    try:
+        data = json.loads(cfg.read_text()).get('data') if cfg else None
+        store = FrameStore(data) if data and Path(data).is_dir() else None
+        return store if store and int(store.meta['settings']['size']) > 0 else None
+    except (EmdError, OSError, ValueError, KeyError, TypeError): return None
+
 class Analyser:
     "A trained detector applied to BGR face crops, with per-stage timing."
-    def __init__(self, weights, device='auto', amp: str = 'off'):
+    def __init__(self, weights, device='auto', amp: str = 'off', crop_side: int = 0):
         import torch                  # here, not at the top: the face workers import this module without PyTorch
         from emd.registry import load_detector
         self.device, self.amp = resolve_device(device), amp == 'bf16'
-        self.model = load_detector(weights, self.device)
+        said, level = set(_said), log.level; log.setLevel('WARNING')   # building the network says how it is initialised: the
+        try: self.model = load_detector(weights, self.device)              # checkpoint replaces that, so it is not said here
+        finally: log.setLevel(level); _said.intersection_update(said)       # (still said to a later training in this process)
         if getattr(self.model, 'fer', None) is not None: fold_batch_norms(self.model.fer)
-        # channels-last: faster convolutions under bf16 and, on a CPU, in float32 too (ESR-9, batch 16, batch norms folded: 0.75 of its time)
-        self.channels_last = self.amp or self.device.type == 'cpu'
+        self.channels_last = self.amp or self.device.type == 'cpu'   # faster convolutions (ESR-9 in float32: 0.75 of its time)
         if self.channels_last: self.model = self.model.to(memory_format=torch.channels_last)
-        meta = self.model.meta
-        self.name = meta['model']
-        self.size = int(meta.get('size') or 0)     # the crops' side in the frame store it was trained on
+        self.name, self.size = self.model.meta['model'], int(self.model.meta.get('size') or 0)   # size: the model's input side
         if not self.size: raise EmdError(f"{weights}: its model.json does not say the crop size the model was trained on "
                                          f"('size'); was it written by emd train detector?")
+        store = _training_store(weights)     # faces are cut at the side of its training crops, resized as training did
+        self.crop_side = crop_side or (int(store.meta['settings']['size']) if store else self.size)
+        self.synthetic = bool(store and store.synthetic)     # trained on SynthForensics: every output says so
         self.has_fer = getattr(self.model, 'fer', None) is not None
         self.seconds = dict(fer=0., detector=0.)
 
@@ -169,11 +184,13 @@ class Analyser:
         if self.device.type == 'cuda': torch.cuda.synchronize(self.device)
 
     def __call__(self, crops: list) -> dict:
-        "Probabilities, masks (uint8, crop size) and CAMs (uint8) and expressions of BGR crops of the model's size."
+        "Probabilities, masks (uint8, the model's input side) and CAMs (uint8) and expressions of BGR crops of side `crop_side`."
         import torch
+        from torchvision.transforms.v2.functional import resize
         from emd.data.datasets import normalize
-        x = torch.from_numpy(np.stack([c[..., ::-1] for c in crops]).copy()).permute(0, 3, 1, 2).float() / 255
-        x = normalize(x).to(self.device)
+        x = torch.from_numpy(np.stack([c[..., ::-1] for c in crops]).copy()).permute(0, 3, 1, 2)
+        if x.shape[-1] != self.size: x = resize(x, [self.size, self.size], antialias=True)   # uint8, as detection_transform
+        x = normalize(x.float() / 255).to(self.device)
         if self.channels_last: x = x.contiguous(memory_format=torch.channels_last)
         with torch.no_grad(), torch.autocast(self.device.type, torch.bfloat16, enabled=self.amp):
             return self._run(x, len(crops))
@@ -181,8 +198,7 @@ class Analyser:
     def _run(self, x, n: int) -> dict:
         import torch
         from emd.fer import class_activation_map, fc_of, normalize_map
-        out = dict(expression=np.full(n, -1), cam=None)
-        kw = {}
+        out, kw = dict(expression=np.full(n, -1), cam=None), {}
         t0 = time.perf_counter()
         if self.has_fer:
             sel = self.model.fer_selection(x)
@@ -283,7 +299,7 @@ def detect_file(path, analyser: Analyser, cfg: DetectConfig, out=None, pool=None
 
     n_want = len(sample_frames(n_total, cfg.frames)) if cfg.frames else n_total
     bar = tqdm(total=n_want, desc=path.name, unit='frame', leave=False)
-    for chunk in _batches(face_stream(path, cfg, analyser.size, sec, analyser.device, pool), cfg.batch_size):
+    for chunk in _batches(face_stream(path, cfg, analyser.crop_side, sec, analyser.device, pool), cfg.batch_size):
         have = [k for k, (_, _, _, c) in enumerate(chunk) if c is not None]
         res = analyser([chunk[k][3] for k in have]) if have else None
         for k, (i, b, kind, c) in enumerate(chunk):
@@ -307,7 +323,7 @@ def detect_file(path, analyser: Analyser, cfg: DetectConfig, out=None, pool=None
                            f"(a diverged training?), or try another --device")
     score = float(with_face.prob.mean())
     sec.update(fer=analyser.seconds['fer'] - fer0, detector=analyser.seconds['detector'] - det0)
-    res = dict(input=str(path), model=analyser.name, frames=n_total, analysed=len(df), with_face=len(with_face),
+    res = dict(input=str(path), model=analyser.name, trained_on_synthetic_data=analyser.synthetic, frames=n_total, analysed=len(df), with_face=len(with_face),
                detected=int((df.face == 'detected').sum()), tracked=int((df.face == 'tracked').sum()),
                score=score, fake=bool(is_manipulated(score, cfg.threshold)), threshold=cfg.threshold,
                seconds=dict({k: round(v, 3) for k, v in sec.items()}, total=round(time.perf_counter() - t_start, 3)))
@@ -374,7 +390,8 @@ def summary_figure(path, df: pd.DataFrame, res: dict, maps: dict, size: int, top
     ax.set(ylim=(-.02, 1.02), xlim=(-.5, max(res['frames'] - .5, .5)), xlabel='frame', ylabel='p(fake)')
     ax.legend(loc='upper right', fontsize=8, ncol=3)
     verdict = 'MANIPULATED' if res['fake'] else 'not manipulated'
-    ax.set_title(f"{Path(path).name}: {verdict} (score {res['score']:.3f}; {res['model']}; "
+    model = res['model'] + (' trained on SYNTHETIC data' if res.get('trained_on_synthetic_data') else '')
+    ax.set_title(f"{Path(path).name}: {verdict} (score {res['score']:.3f}; {model}; "
                  f"{res['with_face']} of {res['analysed']} analysed frames with a face)", fontsize=10)
     pos = {int(f): k for k, f in enumerate(maps['frames'])}
     want = {int(r.frame): r for r in faces.itertuples()}
@@ -454,9 +471,9 @@ def _detect(cfg: DetectConfig, progress: bool) -> pd.DataFrame:
     cfg.check()
     files = inputs_of(cfg.input)
     out = Path(cfg.out) if cfg.out else default_out(cfg.input)
-    analyser = Analyser(cfg.weights, cfg.device, cfg.amp)
+    analyser = Analyser(cfg.weights, cfg.device, cfg.amp, cfg.crop_side)
     single = Path(cfg.input).is_file()
-    log.info(f"{analyser.name} ({analyser.size} px crops, {analyser.device}) on {len(files)} file(s) -> {out}")
+    log.info(f"{analyser.name} (crops {analyser.crop_side} px, input {analyser.size} px, {analyser.device}) on {len(files)} file(s) -> {out}")
     rows, w = [], face_workers(cfg.face_workers, analyser.device)
     videos = sum(Path(f).suffix.lower() not in IMAGE_SUFFIXES for f in files)
     with (WorkerPool(w) if w and videos > 1 else nullcontext()) as pool:   # a folder's videos share the face workers
