@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['VIDEO_SUFFIXES', 'IMAGE_SUFFIXES', 'TRACK_CHUNK', 'SUMMARY_COLUMNS', 'DetectConfig', 'FaceTracker', 'frame_count',
-           'frames_of', 'frames_at', 'inputs_of', 'fold_batch_norms', 'Analyser', 'face_workers', 'torch_device_type',
-           'face_stream', 'Undetermined', 'detect_file', 'write_overlay', 'summary_figure', 'write_outputs',
-           'default_out', 'out_name', 'detect', 'detect_cli']
+           'frames_of', 'frames_at', 'inputs_of', 'face_workers', 'torch_device_type', 'face_stream', 'Undetermined',
+           'detect_file', 'write_overlay', 'summary_figure', 'write_outputs', 'default_out', 'out_name', 'detect',
+           'detect_cli']
 
 # %% ../nbs/60_detect.ipynb #927e9aa2
 import json
@@ -19,8 +19,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from .core import (EmdError, Params, _said, atomic_write, command, is_manipulated, log, param, resolve_device,
-                      tf32_matmul, write_failure, write_json)
+from .analyser import Analyser
+from .core import EmdError, Params, atomic_write, command, is_manipulated, log, param, tf32_matmul, write_failure, write_json
 from .data.faces import crop, crop_box, detect_face
 from .data.ffpp import sample_frames
 from .face_pool import WorkerPool, ordered_chunks
@@ -61,6 +61,7 @@ class DetectConfig(Params):
         if self.weights is None: raise EmdError("--weights RUN is required: a run folder of emd train detector "
                                                 "(e.g. runs/reproduce-smoke/runs/emd/pooled)")
         if self.detect_every < 1: raise EmdError("--detect-every must be at least 1")
+        if self.crop_side < 0: raise EmdError(f"--crop-side {self.crop_side}: give a side in pixels, or 0 for the run's own")
         return self
 
 # %% ../nbs/60_detect.ipynb #3cf652f8
@@ -133,89 +134,6 @@ def inputs_of(path) -> list:
     if not found: raise EmdError(f"{path}: no video ({', '.join(VIDEO_SUFFIXES)}) or image "
                                  f"({', '.join(IMAGE_SUFFIXES)}) in this folder")
     return found
-
-# %% ../nbs/60_detect.ipynb #f01db4a2
-def fold_batch_norms(module):
-    "Fold every `bnK` into the `convK` before it (ESR's and SimFER's layers), in place, for inference; returns `module`."
-    from torch.nn import BatchNorm2d, Conv2d, Identity
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-    for sub in list(module.modules()):
-        for k in range(1, 10):
-            conv, bn = getattr(sub, f'conv{k}', None), getattr(sub, f'bn{k}', None)
-            if isinstance(conv, Conv2d) and isinstance(bn, BatchNorm2d):
-                setattr(sub, f'conv{k}', fuse_conv_bn_eval(conv.eval(), bn.eval())); setattr(sub, f'bn{k}', Identity())
-    return module
-
-# %% ../nbs/60_detect.ipynb #eaca4037
-def _training_store(weights):
-    "The frame store the detector at `weights` was trained on, from its run's `config.json` (None where either is not here)."
-    from emd.data.store import FrameStore
-    folder = Path(weights).parent if Path(weights).is_file() else Path(weights)
-    cfg = next((f / 'config.json' for f in (folder, folder.parent) if (f / 'config.json').is_file()), None)   # a run or its best/
-    try:
-        data = json.loads(cfg.read_text()).get('data') if cfg else None
-        store = FrameStore(data) if data and Path(data).is_dir() else None
-        return store if store and int(store.meta['settings']['size']) > 0 else None
-    except (EmdError, OSError, ValueError, KeyError, TypeError): return None
-
-class Analyser:
-    "A trained detector applied to BGR face crops, with per-stage timing."
-    def __init__(self, weights, device='auto', amp: str = 'off', crop_side: int = 0):
-        import torch                  # here, not at the top: the face workers import this module without PyTorch
-        from emd.registry import load_detector
-        self.device, self.amp = resolve_device(device), amp == 'bf16'
-        said, level = set(_said), log.level; log.setLevel('WARNING')   # building the network says how it is initialised: the
-        try: self.model = load_detector(weights, self.device)              # checkpoint replaces that, so it is not said here
-        finally: log.setLevel(level); _said.intersection_update(said)       # (still said to a later training in this process)
-        if getattr(self.model, 'fer', None) is not None: fold_batch_norms(self.model.fer)
-        self.channels_last = self.amp or self.device.type == 'cpu'   # faster convolutions (ESR-9 in float32: 0.75 of its time)
-        if self.channels_last: self.model = self.model.to(memory_format=torch.channels_last)
-        self.name, self.size = self.model.meta['model'], int(self.model.meta.get('size') or 0)   # size: the model's input side
-        if not self.size: raise EmdError(f"{weights}: its model.json does not say the crop size the model was trained on "
-                                         f"('size'); was it written by emd train detector?")
-        store = _training_store(weights)     # faces are cut at the side of its training crops, resized as training did
-        self.crop_side = crop_side or (int(store.meta['settings']['size']) if store else self.size)
-        self.synthetic = bool(store and store.synthetic)     # trained on SynthForensics: every output says so
-        self.has_fer = getattr(self.model, 'fer', None) is not None
-        self.seconds = dict(fer=0., detector=0.)
-
-    def _sync(self):
-        import torch
-        if self.device.type == 'cuda': torch.cuda.synchronize(self.device)
-
-    def __call__(self, crops: list) -> dict:
-        "Probabilities, masks (uint8, the model's input side) and CAMs (uint8) and expressions of BGR crops of side `crop_side`."
-        import torch
-        from torchvision.transforms.v2.functional import resize
-        from emd.data.datasets import normalize
-        x = torch.from_numpy(np.stack([c[..., ::-1] for c in crops]).copy()).permute(0, 3, 1, 2)
-        if x.shape[-1] != self.size: x = resize(x, [self.size, self.size], antialias=True)   # uint8, as detection_transform
-        x = normalize(x.float() / 255).to(self.device)
-        if self.channels_last: x = x.contiguous(memory_format=torch.channels_last)
-        with torch.no_grad(), torch.autocast(self.device.type, torch.bfloat16, enabled=self.amp):
-            return self._run(x, len(crops))
-
-    def _run(self, x, n: int) -> dict:
-        import torch
-        from emd.fer import class_activation_map, fc_of, normalize_map
-        out, kw = dict(expression=np.full(n, -1), cam=None), {}
-        t0 = time.perf_counter()
-        if self.has_fer:
-            sel = self.model.fer_selection(x)
-            w = torch.stack([fc_of(self.model.fer, int(b)).weight for b in sel.branch])
-            cam = normalize_map(class_activation_map(sel.features.float(), w.float(), sel.c_freq), x.shape[-2:])
-            out.update(expression=sel.c_freq.cpu().numpy(), cam=(cam * 255).round().byte().cpu().numpy())
-            kw['fer_features'] = sel.features
-            self._sync()
-        t1 = time.perf_counter()
-        o = self.model(x, **kw)
-        out['prob'] = o.logits.float().sigmoid().cpu().numpy().reshape(-1)
-        out['mask'] = (None if o.mask_logits is None
-                       else (o.mask_logits.float().sigmoid()[:, 0] * 255).round().byte().cpu().numpy())
-        self._sync()
-        t2 = time.perf_counter()
-        self.seconds['fer'] += t1 - t0; self.seconds['detector'] += t2 - t1
-        return out
 
 # %% ../nbs/60_detect.ipynb #3caa60de
 def _batches(it, n):

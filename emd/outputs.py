@@ -201,9 +201,10 @@ def _summary_head(cfg: ReproduceConfig) -> list:
     seconds = [r.summary().get('seconds') or 0 for r in runs if r.summary_file.is_file()]
     L += [f"Made by `emd reproduce --profile {cfg.profile}` with emd {info['version']}"
           + (f" (commit {info['commit'][:10]}{', with local changes' if info['dirty'] else ''})" if info['commit'] else '')
-          + f": {len(seconds)} training runs, {sum(seconds) / 60:.1f} minutes of training in all (each run's own time; per "
-            f"model in `models.csv`; `manifest.json` has each stage's key and the time of its last execution); every "
-            f"network trained in {run_precision(cfg)['label']}.", '']
+          + f": {len(seconds)} of {len(runs)} detector training runs finished, {sum(seconds) / 60:.1f} minutes of training in "
+            f"all (each run's own time, Fig. 6's runs included, the FERs' not; per model in `models.csv`; `manifest.json` "
+            f"has each stage's key and the time of its last execution); every network trained in "
+            f"{run_precision(cfg)['label']}.", '']
     try:
         from emd.data.store import FrameStore
         idx = FrameStore(paths(cfg)['ffpp']).index()
