@@ -30,7 +30,7 @@ def fold_batch_norms(module):
 def _training_store(weights):
     "(the frame store the detector at `weights` was trained on, its path as the run's `config.json` gives it); (None, path) where it is not here or has changed since, (None, None) without a `config.json` naming one."
     from emd.data.store import FrameStore
-    p = Path(weights)
+    p = Path(weights).resolve()
     run = p.parent.parent if p.is_file() else p.parent if p.name == 'best' else p     # a model file, a best/ folder, a run
     try:
         cfg = json.loads((run / 'config.json').read_text())

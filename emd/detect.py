@@ -45,7 +45,7 @@ class DetectConfig(Params):
     maps: bool = param(True, 'write maps.npz: each analysed frame\'s mask and FER CAM')
     top: int = param(4, 'most suspicious frames shown in summary.png')
     crop_side: int = param(0, "side of the crops the model was trained on: faces are cut at it and resized to the model's "
-                              "input as in training (0: the training run's store's, if here, else the input side)", metavar='PX')
+                              "input as in training (0: the run's store's, if here and unchanged, else the input side)", metavar='PX')
     face_workers: int = param(-1, 'processes that decode the video and find the faces while the model infers, each '
                                   'taking every W-th stretch of frames (0: all in this process; -1: none when the model '
                                   'runs on the CPU, else up to 4 with 2 cores left); the same result for any W; a '
