@@ -28,26 +28,28 @@ def fold_batch_norms(module):
 
 # %% ../nbs/59a_analyser.ipynb #eaca4037
 def _training_store(weights):
-    "(the frame store the detector at `weights` was trained on, its path as the run's `config.json` gives it); (None, path) where it is not here or has changed since, (None, None) without a `config.json` naming one."
+    "(the frame store the detector at `weights` was trained on, its crop side, its path as the run's `config.json` gives it); (None, 0, path) where it is not here or has changed since, (None, 0, None) without a `config.json` naming one."
     from emd.data.store import FrameStore
     p = Path(weights).resolve()
     run = p.parent.parent if p.is_file() else p.parent if p.name == 'best' else p     # a model file, a best/ folder, a run
     try:
         cfg = json.loads((run / 'config.json').read_text())
         data, made_from = cfg.get('data'), cfg.get('inputs', {}).get('data')
-    except (OSError, ValueError, AttributeError): return None, None
-    if not data: return None, None
+    except (OSError, ValueError, AttributeError): return None, 0, None
+    if not data: return None, 0, None
     try:
         store = FrameStore(data) if Path(data).is_dir() else None
-        ok = store is not None and int(store.meta['settings']['size']) > 0 and (not made_from or store.digest == made_from)
-        return (store if ok else None), data
-    except (EmdError, OSError, ValueError, KeyError, TypeError): return None, data
+        side = int(store.meta['settings']['size']) if store is not None else 0
+        ok = side > 0 and (not made_from or store.digest == made_from)
+        return (store, side, data) if ok else (None, 0, data)
+    except (EmdError, OSError, ValueError, KeyError, TypeError): return None, 0, data
 
 
 class Analyser:
     "A trained detector applied to BGR face crops, with per-stage timing."
     def __init__(self, weights, device='auto', amp: str = 'off', crop_side: int = 0):
         import torch                  # here, not at the top: the face workers import this module without PyTorch
+        from emd.data.datasets import detection_transform
         from emd.registry import load_detector
         self.device, self.amp = resolve_device(device), amp == 'bf16'
         said, level = set(_said), log.level; log.setLevel('WARNING')   # building the network says how it is initialised: the
@@ -59,8 +61,9 @@ class Analyser:
         self.name, self.size = self.model.meta['model'], int(self.model.meta.get('size') or 0)   # size: the model's input side
         if not self.size: raise EmdError(f"{weights}: its model.json does not say the model's input side ('size'); was it "
                                          f"written by emd train detector?")
-        store, named = _training_store(weights)      # faces are cut at the side of its training crops, resized as training did
-        self.crop_side = crop_side or (int(store.meta['settings']['size']) if store else self.size)
+        store, side, named = _training_store(weights)   # faces are cut at the side of its training crops, resized as training did
+        self.crop_side = crop_side or side or self.size
+        self.resize = detection_transform(self.size)
         if not crop_side and store is None and named:
             log.warning(f"{weights}: the frame store it was trained on ({named}) is not here or has changed since, so faces "
                         f"are cut at the model's input side, {self.size} px; if its crops had another side, give it with "
@@ -76,10 +79,9 @@ class Analyser:
     def __call__(self, crops: list) -> dict:
         "Probabilities, masks (uint8, the model's input side) and CAMs (uint8) and expressions of BGR crops of side `crop_side`."
         import torch
-        from torchvision.transforms.v2.functional import resize
         from emd.data.datasets import normalize
         x = torch.from_numpy(np.stack([c[..., ::-1] for c in crops]).copy()).permute(0, 3, 1, 2)
-        if x.shape[-1] != self.size: x = resize(x, [self.size, self.size], antialias=True)   # uint8, as detection_transform
+        if x.shape[-1] != self.size: x = self.resize(x)      # uint8, the training transform's resize
         x = normalize(x.float() / 255).to(self.device)
         if self.channels_last: x = x.contiguous(memory_format=torch.channels_last)
         with torch.no_grad(), torch.autocast(self.device.type, torch.bfloat16, enabled=self.amp):

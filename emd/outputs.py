@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['FER_PAIRS', 'FER_METRICS', 'data_note', 'table_caption', 'make_table', 'make_table1', 'make_fig4_5', 'make_fig6',
-           'make_fig7', 'paired_difference', 'fer_effect', 'model_learning', 'write_summary']
+           'make_fig7', 'paired_difference', 'fer_effect', 'training_seconds', 'model_learning', 'write_summary']
 
 # %% ../nbs/53_outputs.ipynb #1e5f44b2
 from pathlib import Path
@@ -168,6 +168,10 @@ def _cell_frames(work, model: str, cell_list) -> tuple:
     keys = ['run_path', 'method', 'compression', 'video', 'frame']
     return {q: pd.concat(f).drop_duplicates(keys).reset_index(drop=True) for q, f in by_q.items()}, const, runs
 
+def training_seconds(runs) -> list:
+    "Each run's own training time (its `summary.json`), NaN for a run that has not finished."
+    return [(r.summary().get('seconds') or 0) if r.summary_file.is_file() else float('nan') for r in runs]
+
 def model_learning(work) -> pd.DataFrame:
     "Per trained model: pooled frame AUC of each quality with its 95 % interval, cells with one class for every frame, training seconds."
     from emd.paper import cells
@@ -176,8 +180,7 @@ def model_learning(work) -> pd.DataFrame:
     for model, cell_list in sorted(per_model.items()):
         by_q, const, runs = _cell_frames(work, model, cell_list)
         row = dict(model=model, cells=len(cell_list), constant_cells=const,
-                   seconds=round(sum((r.summary().get('seconds') or 0) if r.summary_file.is_file() else float('nan')
-                                     for r in runs.values()), 1))
+                   seconds=round(sum(training_seconds(runs.values())), 1))
         for q, name in (('c23', 'hq'), ('c40', 'lq')):
             ci = bootstrap_metrics(by_q[q], None)['frame_auc'] if q in by_q else None
             row.update({f'{name}_auc': ci and ci.value, f'{name}_auc_ci_low': ci and ci.low, f'{name}_auc_ci_high': ci and ci.high,
@@ -198,7 +201,7 @@ def _summary_head(cfg: ReproduceConfig) -> list:
               "training of this profile make the measured numbers comparable with each other only.", '']
     # the training runs' own times: a stage's time is only its last execution's (a re-run that keeps the runs is short)
     runs = [Run(c.out) for c in detector_runs(cfg)]
-    seconds = [r.summary().get('seconds') or 0 for r in runs if r.summary_file.is_file()]
+    seconds = [s for s in training_seconds(runs) if s == s]      # the finished runs
     L += [f"Made by `emd reproduce --profile {cfg.profile}` with emd {info['version']}"
           + (f" (commit {info['commit'][:10]}{', with local changes' if info['dirty'] else ''})" if info['commit'] else '')
           + f": {len(seconds)} of {len(runs)} detector training runs finished, {sum(seconds) / 60:.1f} minutes of training in "

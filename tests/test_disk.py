@@ -18,8 +18,6 @@ probed: a child must fail to create a file there, else the next is tried; the on
 4. not root: mode 0o555 alone.
 Measured on this machine (root, 2 cores): 1 and 2 work, 3 does not (the interpreter), so 1 is used."""
 import os
-import shutil
-from pathlib import Path
 
 import pytest
 

@@ -20,7 +20,7 @@ import pandas as pd
 
 from emd.output_checks import NOT_COMPARED
 
-from faults import SEED, child_env, count, emd_args, kill_tree, ok, run, start, SEQUENCES
+from faults import SEED, count, kill_tree, ok, run, start, SEQUENCES
 
 # the stages to kill in, in their order: data (SynthForensics + both preparations), fer (ESR-9 and SimFER training,
 # FER maps), detectors (every training run, 2 worker processes), table2 (a table notebook writing its CSV)
