@@ -7,6 +7,7 @@ __all__ = ['TABLES', 'FIGURES', 'NOT_COMPARED', 'interval_problems', 'check_outp
 
 # %% ../nbs/56_output_checks.ipynb #bab93437
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -47,8 +48,12 @@ def check_outputs(out) -> list:
         for ext in ('png', 'pdf'):
             p = out / f'{f}.{ext}'
             if not p.is_file() or p.stat().st_size < 2000: problems.append(f'{f}.{ext} is missing or empty')
-    for f in ('reproduction.md', 'manifest.json'):
+    for f in ('reproduction.md', 'manifest.json', 'models.csv'):
         if not (out / f).is_file(): problems.append(f'{f} is missing')
+    if (out / 'models.csv').is_file():             # every model's AUCs (pooled and per cell), each with its interval
+        ml = pd.read_csv(out / 'models.csv')
+        for col in [c for c in ml if re.fullmatch(r'(hq|lq)_auc(_[a-z0-9]+)?', c) and not c.endswith('_ci')]:
+            problems += [f'models.csv: {col}: {p}' for p in interval_problems(ml, col)]
     if (out / 'manifest.json').is_file() and json.loads((out / 'manifest.json').read_text()).get('synthetic'):
         for f in ('reproduction.md', 'table2.md'):
             if (out / f).is_file() and 'SYNTHETIC' not in (out / f).read_text(): problems.append(f'{f} does not say SYNTHETIC')
