@@ -9,7 +9,6 @@ __all__ = ['VIDEO_SUFFIXES', 'IMAGE_SUFFIXES', 'TRACK_CHUNK', 'SUMMARY_COLUMNS',
            'detect_cli']
 
 # %% ../nbs/60_detect.ipynb #927e9aa2
-import json
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -241,7 +240,8 @@ def detect_file(path, analyser: Analyser, cfg: DetectConfig, out=None, pool=None
                            f"(a diverged training?), or try another --device")
     score = float(with_face.prob.mean())
     sec.update(fer=analyser.seconds['fer'] - fer0, detector=analyser.seconds['detector'] - det0)
-    res = dict(input=str(path), model=analyser.name, trained_on_synthetic_data=analyser.synthetic, frames=n_total, analysed=len(df), with_face=len(with_face),
+    res = dict(input=str(path), model=analyser.name, trained_on_synthetic_data=analyser.synthetic, frames=n_total,
+               analysed=len(df), with_face=len(with_face),
                detected=int((df.face == 'detected').sum()), tracked=int((df.face == 'tracked').sum()),
                score=score, fake=bool(is_manipulated(score, cfg.threshold)), threshold=cfg.threshold,
                seconds=dict({k: round(v, 3) for k, v in sec.items()}, total=round(time.perf_counter() - t_start, 3)))

@@ -14,6 +14,7 @@ import pandas as pd
 from .core import package_info, write_json
 from .keys import code_digest, digest, tree_digest
 from .metrics import BOOTSTRAP_RESAMPLES, bootstrap_metrics, paired_bootstrap
+from .output_checks import METHOD_COLUMN, QUALITY_COLUMN
 from .plans import ReproduceConfig, detector_runs, n_train_targets, paths, plan_of, run_precision, training_sizes
 from .runs import Run, cell_run
 from .report import (SYNTHETIC_TAG, cam_examples, cam_figure, cell_metrics, cell_predictions, measured_table,
@@ -172,8 +173,6 @@ def training_seconds(runs) -> list:
     "Each run's own training time (its `summary.json`), NaN for a run that has not finished."
     return [(r.summary().get('seconds') or 0) if r.summary_file.is_file() else float('nan') for r in runs]
 
-_QUALITY = {'c23': 'hq', 'c40': 'lq'}
-_CELL_COLUMN = {'Deepfakes': 'df', 'Face2Face': 'f2f', 'NeuralTextures': 'nt'}     # models.csv's per-cell columns: hq_auc_nt, ...
 
 def model_learning(work) -> pd.DataFrame:
     "Per trained model: pooled frame AUC of each quality and each cell's, with 95 % intervals; cells with one class for every frame; training seconds."
@@ -183,14 +182,14 @@ def model_learning(work) -> pd.DataFrame:
     for model, cell_list in sorted(per_model.items()):
         by_q, const, runs = _cell_frames(work, model, cell_list)
         measured_on = {method for method, _ in cell_list}
-        row = dict(model=model, methods=' '.join(c.upper() for m, c in _CELL_COLUMN.items() if m in measured_on),
+        row = dict(model=model, methods=' '.join(c.upper() for m, c in METHOD_COLUMN.items() if m in measured_on),
                    cells=len(cell_list), constant_cells=const, seconds=round(sum(training_seconds(runs.values())), 1))
-        for q, name in _QUALITY.items():
+        for q, name in QUALITY_COLUMN.items():
             ci = bootstrap_metrics(by_q[q], None)['frame_auc'] if q in by_q else None
             row.update({f'{name}_auc': ci and ci.value, f'{name}_auc_ci_low': ci and ci.low, f'{name}_auc_ci_high': ci and ci.high,
                         f'{name}_frames': len(by_q.get(q, []))})
-        for q, name in _QUALITY.items():                 # each cell's own (its metrics, cached in the run's metrics.json)
-            for method, short in _CELL_COLUMN.items():
+        for q, name in QUALITY_COLUMN.items():           # each cell's own (its metrics, cached in the run's metrics.json)
+            for method, short in METHOD_COLUMN.items():
                 m = cell_metrics(work, model, method, q) if (method, q) in cell_list else {}
                 for s in ('', '_ci_low', '_ci_high'): row[f'{name}_auc_{short}{s}'] = m.get(f'frame_auc{s}')
         rows.append(row)
@@ -313,7 +312,7 @@ def _summary_learning(cfg: ReproduceConfig) -> list:
           "real videos of its quality) with its 95 % interval (LQ in models.csv):", '',
           '| model | Deepfakes | Face2Face | NeuralTextures |', '|---|---|---|---|']
     for _, r in ml.iterrows():
-        L.append(f"| {r.model} | " + ' | '.join(_auc_text(r, f'hq_auc_{s}') for s in _CELL_COLUMN.values()) + ' |')
+        L.append(f"| {r.model} | " + ' | '.join(_auc_text(r, f'hq_auc_{s}') for s in METHOD_COLUMN.values()) + ' |')
     return L + ['']
 
 def write_summary(cfg: ReproduceConfig) -> str:
