@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .core import EmdError, _said, log, resolve_device
+from .core import EmdError, log, resolve_device
 
 # %% ../nbs/59a_analyser.ipynb #f01db4a2
 def fold_batch_norms(module):
@@ -52,9 +52,7 @@ class Analyser:
         from emd.data.datasets import detection_transform
         from emd.registry import load_detector
         self.device, self.amp = resolve_device(device), amp == 'bf16'
-        said, level = set(_said), log.level; log.setLevel('WARNING')   # building the network says how it is initialised: the
-        try: self.model = load_detector(weights, self.device)              # checkpoint replaces that, so it is not said here
-        finally: log.setLevel(level); _said.intersection_update(said)       # (still said to a later training in this process)
+        self.model = load_detector(weights, self.device)
         if getattr(self.model, 'fer', None) is not None: fold_batch_norms(self.model.fer)
         self.channels_last = self.amp or self.device.type == 'cpu'   # faster convolutions (ESR-9 in float32: 0.75 of its time)
         if self.channels_last: self.model = self.model.to(memory_format=torch.channels_last)

@@ -6,8 +6,8 @@
 __all__ = ['log', 'THRESHOLD', 'AMP_MODES', 'EmdError', 'setup_logging', 'rng_for', 'seed_everything', 'param', 'Params',
            'command', 'write_failure', 'atomic_write', 'write_json', 'read_json', 'output_dir', 'is_manipulated',
            'save_checkpoint', 'load_checkpoint', 'write_csv_log', 'run_parallel', 'package_info', 'fast_bf16',
-           'usable_cores', 'resolve_device', 'say_once', 'autocast_dtype', 'autocast', 'precision_label',
-           'keep_float32', 'tf32_matmul', 'recompute_bn_stats']
+           'cpu_model', 'usable_cores', 'resolve_device', 'say_once', 'unsaid', 'autocast_dtype', 'autocast',
+           'precision_label', 'keep_float32', 'tf32_matmul', 'recompute_bn_stats']
 
 # %% ../nbs/00_core.ipynb #ad81cf36
 import argparse
@@ -389,6 +389,14 @@ def fast_bf16(device) -> bool:
         return False
     return 'amx_bf16' in flags or 'avx512_bf16' in flags
 
+def cpu_model() -> str:
+    "The processor's model name (/proc/cpuinfo), or what `platform` knows."
+    import platform
+    try:
+        return next(l.split(':', 1)[1].strip() for l in Path('/proc/cpuinfo').read_text().splitlines() if l.startswith('model name'))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
 def usable_cores() -> int:
     "The CPU cores this process may run on (its affinity mask where the system has one, else all)."
     return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
@@ -408,6 +416,14 @@ _said = set()
 def say_once(msg: str):
     "Log `msg` at INFO level the first time it is said in this process."
     if msg not in _said: _said.add(msg); log.info(msg)
+
+@contextmanager
+def unsaid():
+    "Within: `say_once` notices are held back and stay unsaid (building a network whose weights a checkpoint then replaces: how it was initialised is moot)."
+    said, level = set(_said), log.level
+    log.setLevel(max(level, logging.WARNING))
+    try: yield
+    finally: log.setLevel(level); _said.intersection_update(said)
 
 # %% ../nbs/00_core.ipynb #a2a5e663
 AMP_MODES = ('off', 'bf16')

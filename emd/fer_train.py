@@ -8,6 +8,7 @@ __all__ = ['FerTrainConfig', 'Stage', 'stages', 'ensemble_loss', 'evaluate', 'st
 
 # %% ../nbs/21_fer_train.ipynb #c1dd1e36
 import csv
+import itertools
 import json
 import time
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from torch.utils.data import DataLoader, Subset
 from .core import (AMP_MODES, EmdError, Params, autocast, autocast_dtype, command, log, param, precision_label,
                       recompute_bn_stats, resolve_device, rng_for, seed_everything, tf32_matmul, write_json)
 from .data.datasets import ExpressionDataset
-from .engine import Trainer
+from .engine import Trainer, measured_rates, synced_time
 from .fer import FER_CLASSES, FerEnsemble, SimFER, ensemble_vote, save_fer
 from .runs import Run
 
@@ -40,6 +41,8 @@ class FerTrainConfig(Params):
     epochs: int = param(50, 'epochs (joint), or epochs of the first branch (grow)')
     epochs_branch: int = param(20, 'grow: epochs for each later branch')
     batch_size: int = param(32, 'batch size')
+    steps_per_epoch: int = param(0, 'at most this many optimiser steps in each epoch (0: the whole epoch; the pilot '
+                                    'of emd reproduce cuts runs to a few)')
     optimizer: str = param('sgd', 'optimiser', choices=('sgd', 'adam'))
     lr: float = param(.1, 'learning rate (grow: of the new branch; the rest get lr x --old-lr-factor)')
     old_lr_factor: float = param(.1, 'grow: learning-rate factor of the base and of the branches already trained')
@@ -250,7 +253,8 @@ def train_epoch(self: FerTrainer) -> dict:
     stage, e = self.stage_at(self.epoch)
     bar = tqdm(_loader(self.stage_ds, cfg, self.epoch, device, True, sampler), disable=not self.progress, leave=False,
                desc=f"FER stage {stage.index + 1}/{len(self.plan)} epoch {e + 1}/{stage.epochs}", unit='batch')
-    for x, y in bar:
+    warm = None
+    for step, (x, y) in enumerate(itertools.islice(bar, cfg.steps_per_epoch or None)):
         x, y = x.to(device, non_blocking=True, memory_format=self.fmt), y.to(device, non_blocking=True)
         with autocast(device, self.amp):
             out_ = model(x)
@@ -259,16 +263,20 @@ def train_epoch(self: FerTrainer) -> dict:
         tot_loss += loss.item() * len(y); n += len(y)
         tot_ok += (ensemble_vote(out_.logits.detach()) == y).sum().item()
         bar.set_postfix(loss=f'{tot_loss / n:.3f}')
+        if step == 0: warm = (n, synced_time(device))    # the first step is the warm-up: not timed
     self.sched.step()
     if cfg.precise_bn:
         def forward(b):
             with autocast(device, self.amp): model(b[0].to(device, memory_format=self.fmt))
         recompute_bn_stats(model, forward, _loader(self.stage_ds, cfg, self.epoch, device, True), cfg.precise_bn)
-    return dict(loss=tot_loss / max(n, 1), accuracy=tot_ok / max(n, 1))
+    timed = dict(frames=n - warm[0], seconds=synced_time(device) - warm[1]) if warm else None
+    return dict(loss=tot_loss / max(n, 1), accuracy=tot_ok / max(n, 1), timed=timed)
 
 @patch
 def validate(self: FerTrainer) -> dict:
-    return evaluate(self.model, _loader(self.val_ds, self.cfg, self.epoch, self.device, False), self.device, self.amp)
+    t0 = synced_time(self.device)
+    ev = evaluate(self.model, _loader(self.val_ds, self.cfg, self.epoch, self.device, False), self.device, self.amp)
+    return dict(ev, frames=len(self.val_ds), seconds=synced_time(self.device) - t0)
 
 # %% ../nbs/21_fer_train.ipynb #cec8247c
 @patch
@@ -278,7 +286,7 @@ def record(self: FerTrainer, figures: dict, ev: dict) -> dict:
                train_accuracy=round(figures['accuracy'], 5), val_loss=round(ev['loss'], 5),
                val_accuracy=round(ev['accuracy'], 5),
                **{f'val_accuracy_branch{i + 1}': round(a, 5) for i, a in enumerate(ev['branch_accuracy'])},
-               seconds=round(time.time() - self.t_start, 2))
+               **measured_rates(figures.get('timed'), ev), seconds=round(time.time() - self.t_start, 2))
     log.info(f"epoch {row['epoch']}: loss {row['train_loss']:.3f}, train acc {row['train_accuracy']:.3f}, val acc "
              f"{row['val_accuracy']:.3f} (branches {min(ev['branch_accuracy']):.3f}-{max(ev['branch_accuracy']):.3f})")
     return row

@@ -31,7 +31,7 @@ def encoder_weight_options(path) -> dict:
         raise EmdError(f"encoder weights {path} do not exist: give a local timm checkpoint of the encoder "
                        f"(e.g. xception65.tf_in1k as .safetensors or .pth); nothing is downloaded")
     os.environ['HF_HUB_OFFLINE'] = '1'   # a wrong file must fail, not fall back to the hub
-    return dict(encoder_weights='imagenet', pretrained_cfg_overlay=dict(file=str(path)))
+    return dict(encoder_weights=True, pretrained_cfg_overlay=dict(file=str(path)))   # True: smp's word for timm's pretrained
 
 # %% ../nbs/30_models.ipynb #66488eb7
 def frozen_fer(fer, kind: str) -> nn.Module:

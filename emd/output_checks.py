@@ -60,9 +60,12 @@ def check_outputs(out) -> list:
         if miss: problems.append(f'models.csv lacks the columns {miss}')
         for col in [c for c in MODEL_AUCS if c in ml]:
             problems += [f'models.csv: {col}: {p}' for p in interval_problems(ml, col)]
-    if (out / 'manifest.json').is_file() and json.loads((out / 'manifest.json').read_text()).get('synthetic'):
-        for f in ('reproduction.md', 'table2.md'):
-            if (out / f).is_file() and 'SYNTHETIC' not in (out / f).read_text(): problems.append(f'{f} does not say SYNTHETIC')
+    manifest = json.loads((out / 'manifest.json').read_text()) if (out / 'manifest.json').is_file() else {}
+    for flag, word in (('synthetic', 'SYNTHETIC'), ('pilot', 'PILOT')):    # no such number may pass for a result
+        for f in ('reproduction.md', 'table2.md', 'table1.md') if manifest.get(flag) else ():
+            if (out / f).is_file() and word not in (out / f).read_text(): problems.append(f'{f} does not say {word}')
+    if manifest.get('pilot') and not (out / 'paper-plan.md').is_file():
+        problems.append('paper-plan.md is missing (a pilot writes the paper run\'s cost from its measured rates)')
     return problems
 
 # %% ../nbs/56_output_checks.ipynb #3234977d

@@ -6,16 +6,21 @@
 __all__ = ['FFPP_SPLIT', 'AFFECTNET_PUBLISHED', 'AFFECTNET_CITATION', 'GPU_VARIANTS', 'EVAL_COST', 'published_counts',
            'ffpp_counts', 'affectnet_counts', 'data_counts', 'store_frames', 'run_frames', 'bench_rates', 'model_input',
            'pick_rate', 'run_hours', 'detector_row', 'fer_rows', 'bench_path', 'plan_rows', 'plan_command',
-           'plan_totals', 'plan_markdown', 'write_plan']
+           'plan_totals', 'plan_markdown', 'write_plan', 'run_measurements', 'measured_hours', 'pilot_measurements',
+           'write_pilot_plan']
 
 # %% ../nbs/55_paper_plan.ipynb #46c7fccd
 import inspect
+import os
 from functools import lru_cache
 from pathlib import Path
 
-from .core import EmdError, atomic_write, precision_label, read_json
+import pandas as pd
+
+from .core import EmdError, atomic_write, precision_label, read_json, write_json
 from .paper import METHODS, QUALITIES, paper_tables, table1
 from .plans import ReproduceConfig, detector_runs, paths, plan_of, project_root
+from .runs import Run
 
 # %% ../nbs/55_paper_plan.ipynb #9fd99c51
 FFPP_SPLIT = dict(train=720, val=140, test=140)      # target videos per split of FF++'s official split files
@@ -187,6 +192,7 @@ def detector_row(run, targets: dict, store: dict, rates: list) -> dict:
     return dict(model=run.model, cell=_cell(run), serves=_tables(run),
                 recipe='features + linear SVM, fitted once' if fits else _recipe(run), batch=run.batch_size,
                 epochs='one pass' if fits else f'{run.epochs_phase1} + {run.epochs}', epochs_n=epochs,
+                phases=(0, 1) if fits else (run.epochs_phase1, run.epochs),
                 input=model_input(run), crop=run.size, precision=_precision(run), frames=frames, rate=rate,
                 hours=run_hours(epochs, frames, rate['scaled']) if rate else None)
 
@@ -196,11 +202,11 @@ def fer_rows(cfg: ReproduceConfig, affectnet: dict) -> list:
     from emd.data.affectnet import AffectNetConfig
     from emd.fer_train import FerTrainConfig, stages
     from emd.registry import list_models, model_spec
-    plan, p, rows = plan_of(cfg.profile), paths(cfg), []
+    from emd.plans import fer_config
+    plan, rows = plan_of(cfg.profile), []
     crop = AffectNetConfig.from_profile(None, **plan.affectnet).size
-    for kind, spec in (('esr', plan.esr), ('simfer', plan.simfer)):
-        c = FerTrainConfig.from_profile(spec.get('profile'), data=p['affectnet'], out=p[kind], seed=cfg.seed, amp=cfg.amp,
-                                        tf32=cfg.tf32, **{k: v for k, v in spec.items() if k != 'profile'})
+    for kind in ('esr', 'simfer'):
+        c = fer_config(cfg, kind)
         cap = c.max_per_class or max(affectnet['train'])
         frames = dict(train=sum(min(n, cap) for n in affectnet['train']), val=sum(affectnet['val']), test=0)
         st = stages(c)
@@ -208,7 +214,7 @@ def fer_rows(cfg: ReproduceConfig, affectnet: dict) -> list:
         rows.append(dict(model='ESR-9' if kind == 'esr' else 'SimFER', cell='AffectNet classes 0-7',
                          serves=f'the FER of {users}', recipe=_recipe(c), batch=c.batch_size,
                          epochs=' + '.join(str(s.epochs) for s in st) + (' (branch by branch)' if len(st) > 1 else ''),
-                         epochs_n=sum(s.epochs for s in st), input=96, crop=crop, precision=_precision(c), frames=frames,
+                         epochs_n=sum(s.epochs for s in st), phases=(0, sum(s.epochs for s in st)), input=96, crop=crop, precision=_precision(c), frames=frames,
                          rate=None, hours=None, skipped=kind == 'esr' and bool(cfg.esr_weights)))
     return rows
 
@@ -338,3 +344,133 @@ def write_plan(cfg: ReproduceConfig, bench=None) -> dict:
     with atomic_write(path) as tmp: tmp.write_text(text)
     print(text)
     return dict(path=str(path), **plan_totals(rows))
+
+# %% ../nbs/55_paper_plan.ipynb #b3877c16
+def run_measurements(path) -> dict | None:
+    "What a finished run measured: training images/s per phase (first step of each epoch left out), validation and test images/s, and how; None before it has finished."
+    r = Run(path)
+    if not (r.summary_file.is_file() and r.log_file.is_file()): return None
+    log, s = r.log_table(), r.summary()
+    if 'timed_frames' not in log: return None                   # a run of a version that did not measure
+    phase = log['phase'] if 'phase' in log else pd.Series(2, index=log.index)   # a FER has one phase
+    def rate(rows):
+        f, t = rows.timed_frames.sum(), rows.timed_seconds.sum()
+        return float(f / t) if f > 0 and t > 0 else None
+    val, c = log.val_images_per_s.dropna(), s.get('config', {})
+    return dict(phase1=rate(log[phase == 1]), phase2=rate(log[phase == 2]), val=float(val.median()) if len(val) else None,
+                test=s['test_frames'] / s['test_seconds'] if s.get('test_seconds') else None, device=s.get('device'),
+                precision=s.get('precision'), batch=c.get('batch_size'), workers=s.get('loader_workers', c.get('workers')),
+                timed_frames=int(log.timed_frames.sum()), epochs=len(log))
+
+def measured_hours(epochs: tuple, frames: dict, m: dict) -> float | None:
+    "Hours of a full run (`epochs`: phase 1, phase 2; `frames`: training, validation, test) at the rates `m` a pilot measured; None where a rate it needs is missing."
+    p1, p2 = epochs
+    need = [(p1 * frames['train'], m['phase1']), (p2 * frames['train'], m['phase2']),
+            ((p1 + p2) * frames['val'], m['val']), (frames.get('test', 0), m['test'] or m['val'])]
+    if any(n and not r for n, r in need): return None
+    return sum(n / r for n, r in need if n) / 3600
+
+# %% ../nbs/55_paper_plan.ipynb #82a60f2f
+def _pilot_key(run, sizes: list) -> tuple:
+    "A run's place in its plan: model, cell, and for Fig. 6 the rank of its size (the pilot's 1 stands for the paper's 10)."
+    return (run.model, tuple(run.methods), tuple(run.compression), sizes.index(run.train_videos) + 1 if run.train_videos else 0)
+
+def pilot_measurements(cfg: ReproduceConfig) -> tuple:
+    "(paper configuration, rows of the paper plan, the measurements of each row's pilot run or None): the paper plan beside its pilot `cfg`."
+    from emd.plans import fer_config
+    from emd.data.store import FrameStore
+    synth = FrameStore(paths(cfg)['ffpp']).synthetic      # SynthForensics stands for FF++: count FF++'s frames as published
+    paper = cfg.replace(profile='paper', **(dict(ffpp=None, affectnet=None) if synth else {}))
+    rows, counts = plan_rows(paper)
+    keyed = lambda runs: {_pilot_key(r, sorted({x.train_videos for x in runs} - {0})): r for r in runs}
+    pilot, runs = keyed(detector_runs(cfg)), detector_runs(paper, counts['targets']['train'])
+    sizes = sorted({x.train_videos for x in runs} - {0})
+    ms = [None if r.get('skipped') else run_measurements(fer_config(cfg, k).out) for r, k in zip(rows, ('esr', 'simfer'))]
+    ms += [run_measurements(pilot[k].out) if (k := _pilot_key(r, sizes)) in pilot else None for r in runs]
+    return paper, rows, counts, ms, synth
+
+# %% ../nbs/55_paper_plan.ipynb #060c7695
+def _machine_words(device: str) -> str:
+    import torch
+    from emd.core import cpu_model
+    if str(device).startswith('cuda') and torch.cuda.is_available(): return torch.cuda.get_device_name(torch.device(device))
+    return f"{cpu_model()}, {os.cpu_count()} cores"
+
+def _rate(x) -> str: return f"{x:,.1f}" if x else '-'
+
+def _pilot_rows(rows, ms, unit) -> list:
+    out = ['| # | model | cell | for | epochs (phase 1 + 2) | training frames | pilot: batch, loader workers, images/s phase 1 / 2 '
+           f'| pilot: eval images/s | {unit}-hours from the pilot | GPU-hours, bench-cuda.json estimate |', '|' + '---|' * 10]
+    for i, (r, m) in enumerate(zip(rows, ms), 1):
+        meas = f"{m['batch']}, {m['workers']}, {_rate(m['phase1'])} / {_rate(m['phase2'])}" if m else ('not trained (--esr-weights)' if r.get('skipped') else 'not measured')
+        out.append(f"| {i} | {r['model']} | {r['cell']} | {r['serves']} | {r['epochs']} | {_n(r['frames']['train'])} | {meas} "
+                   f"| {_rate(m and (m['val']))} | {_hours(r['pilot_hours']) if r.get('pilot_hours') is not None else '-'} "
+                   f"| {_hours(r['hours']) if r['hours'] is not None else '-'} |")
+    return out
+
+# %% ../nbs/55_paper_plan.ipynb #f011db28
+def _pilot_head(cfg, paper, counts, rows, ms, synth, bench) -> list:
+    m0 = next(m for m in ms if m)
+    unit, todo = ('GPU' if str(m0['device']).startswith('cuda') else 'CPU'), [r for r in rows if not r.get('skipped')]
+    mine, est = [r['pilot_hours'] for r in todo if r.get('pilot_hours') is not None], plan_totals(rows)
+    miss = len(todo) - len(mine)
+    src = ('as published (the pilot ran on SynthForensics, which stands for them here)' if synth else
+           f"from the split files and CSVs of {paper.ffpp} and {paper.affectnet}")
+    return [f"# The paper profile's cost, measured by its pilot", '',
+            f"Made by `emd reproduce --profile pilot` ({'on SynthForensics laid out as FF++ and AffectNet' if synth else 'on your FF++ and AffectNet'}): "
+            f"every run of the paper plan, cut in size (`reproduction.md`), each measuring its own speed.", '',
+            f"**Measured by the pilot: {_hours(sum(mine))} {unit}-hours on this machine ({_machine_words(m0['device'])}; "
+            f"{m0['precision']}) for {len(mine)} of the {len(todo)} training runs of the paper plan**"
+            f"{f' ({miss} without a measured rate)' if miss else ''}.", '',
+            f"**Estimated from `{bench}`: {_hours(est['hours'])} GPU-hours for {est['estimated']} of the {est['runs']} runs** "
+            f"(an H100's training step alone, data loading assumed to keep up; see `emd reproduce --profile paper --dry-run`).", '',
+            f"Frames counted {src}: {', '.join(f'{v} {k}' for k, v in counts['targets'].items())} target videos; "
+            f"{_n(sum(counts['affectnet']['train']))} AffectNet training images.", '']
+
+# %% ../nbs/55_paper_plan.ipynb #ed1d98aa
+def _pilot_models(rows, unit) -> list:
+    out = ['| model | runs | ' + f'{unit}-hours from the pilot | GPU-hours, bench-cuda.json estimate |', '|---|---|---|---|']
+    for model in dict.fromkeys(r['model'] for r in rows):
+        rs = [r for r in rows if r['model'] == model and not r.get('skipped')]
+        if not rs: out.append(f"| {model} | 0 | not trained (--esr-weights) | - |"); continue
+        mine, est = [r['pilot_hours'] for r in rs if r.get('pilot_hours') is not None], [r['hours'] for r in rs if r['hours'] is not None]
+        out.append(f"| {model} | {len(rs)} | {_hours(sum(mine)) if mine else '-'}{' (part)' if mine and len(mine) < len(rs) else ''} "
+                   f"| {_hours(sum(est)) if est else 'no measured rate'}{' (part)' if est and len(est) < len(rs) else ''} |")
+    return out
+
+def _pilot_notes(ms) -> list:
+    m0 = next(m for m in ms if m)
+    cpu = not str(m0['device']).startswith('cuda')
+    return ['## How the pilot measured', '',
+            "- Each pilot run is its paper run with the size fields cut (`emd.plans.SIZE_FIELDS`): a few target videos, "
+            "frames and optimiser steps, at most two epochs. Its rates are images per second end to end, data loading "
+            "included, over the optimiser steps after the first of each epoch: the first step (the data loader's start, "
+            "a phase's first pass) is the warm-up and is not timed; phase 1 and phase 2 are timed apart; validation and "
+            "test images per second are timed on their own.",
+            "- Hours = phase-1 epochs x training frames / phase-1 rate + phase-2 epochs x training frames / phase-2 rate + "
+            "epochs x validation frames / validation rate + test frames / test rate, with the paper run's epochs and "
+            "frames. A rate over a few steps is noisy: the runs of one model, measured alike, show by how much.",
+            *(["- **On a CPU the pilot trains at batch 2 and at most 2 steps per epoch**: per image, the recipes' batches "
+               "(16-75) run faster, so these CPU-hours are an upper bound for this CPU, and no guide to a GPU. Run the "
+               "pilot on the GPU machine of the paper run to measure its cost."] if cpu else
+              ["- On a GPU the pilot trains at the recipe's batch, over the whole (small) pilot epoch: the rates are those "
+               "of the paper run's steps on this GPU."]),
+            "- Each run's measurements: `pilot-rates.json`."]
+
+def write_pilot_plan(cfg: ReproduceConfig, bench=None) -> dict:
+    "After a pilot (`cfg.profile == 'pilot'`): OUT/paper-plan.md, the paper plan with each run's hours at its pilot run's measured rates, and OUT/pilot-rates.json; returns the totals."
+    paper, rows, counts, ms, synth = pilot_measurements(cfg)
+    if not any(ms): raise EmdError(f"no finished pilot run under {cfg.work_dir}: run emd reproduce --profile pilot first")
+    for r, m in zip(rows, ms): r['pilot_hours'] = measured_hours(r['phases'], r['frames'], m) if m else None
+    bench = Path(bench) if bench is not None else bench_path()
+    shown = bench.relative_to(project_root()) if bench.is_relative_to(project_root()) else bench
+    unit = 'GPU' if str(next(m for m in ms if m)['device']).startswith('cuda') else 'CPU'
+    md = (_pilot_head(cfg, paper, counts, rows, ms, synth, shown) + ['## By model', ''] + _pilot_models(rows, unit)
+          + ['', '## Every run', ''] + _pilot_rows(rows, ms, unit)
+          + [''] + _pilot_notes(ms))
+    with atomic_write(Path(cfg.out) / 'paper-plan.md') as tmp: tmp.write_text('\n'.join(md) + '\n')
+    write_json(Path(cfg.out) / 'pilot-rates.json', [dict(model=r['model'], cell=r['cell'], serves=r['serves'], measured=m,
+                                                         hours=r['pilot_hours'], bench_hours=r['hours']) for r, m in zip(rows, ms)])
+    done = [r['pilot_hours'] for r in rows if r.get('pilot_hours') is not None]
+    return dict(hours=sum(done), measured=len(done), runs=len([r for r in rows if not r.get('skipped')]), unit=unit,
+                bench_hours=plan_totals(rows)['hours'])

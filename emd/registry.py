@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, NamedTuple
 
-from .core import EmdError, atomic_write, read_json, write_json
+from .core import EmdError, atomic_write, read_json, unsaid, write_json
 from .runs import Run
 
 if TYPE_CHECKING: import torch   # for the annotations only: the registry imports no deep-learning library
@@ -111,7 +111,8 @@ def load_detector(path, device='cpu'):
     meta_path = f.with_suffix('.json')
     if not meta_path.is_file(): raise EmdError(f"{f} has no {meta_path.name} beside it describing the model")
     meta = _read_model_json(meta_path)
-    try: model = create_model(meta['model'], **meta.get('options', {}))
+    try:
+        with unsaid(): model = create_model(meta['model'], **meta.get('options', {}))   # the checkpoint replaces its weights
     except (EmdError, TypeError, ValueError) as e:
         raise EmdError(f"{meta_path}: its options do not build a {meta['model']!r} model ({e}); {_AGAIN}") from None
     sd = load_file(str(f))

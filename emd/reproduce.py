@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from .core import EmdError, command, log, package_info, write_json
+from .core import EmdError, command, cpu_model, log, package_info, write_json
 from .keys import digest, file_digest, path_digest, tree_digest
-from .plans import (PLANS, ReproduceConfig, detector_runs, detector_size, fer_path, paths, plan_of,
+from .plans import (PLANS, ReproduceConfig, detector_runs, detector_size, fer_config, fer_path, paths, plan_of,
                        run_layers, run_precision)
 from .pipeline import Stage, run_stages, selected_stages
 from .output_checks import check_outputs, output_differences, same_outputs
@@ -191,7 +191,8 @@ def stage_outputs(name: str, cfg: ReproduceConfig) -> str | None:
         runs = [Run(c.out) for c in detector_runs(cfg)]
         parts = [d for r in runs for d in (path_digest(r.best), tree_digest(r.predictions_dir) if r.has_predictions() else None)]
     else:
-        parts = [file_digest(f) if f.is_file() else None for f in (Path(cfg.out) / n for n in OUTPUT_FILES[name])]
+        names = OUTPUT_FILES[name] + (('paper-plan.md',) if name == 'summary' and plan.pilot else ())
+        parts = [file_digest(f) if f.is_file() else None for f in (Path(cfg.out) / n for n in names)]
     return None if any(x is None for x in parts) else digest(parts)
 
 
@@ -205,7 +206,8 @@ def reproduce(cfg: ReproduceConfig) -> dict:
     names = selected_stages(STAGE_LIST, cfg.only)
     plan, p, t_all = plan_of(cfg.profile), paths(cfg), time.time()
     p['work'].mkdir(parents=True, exist_ok=True); Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    log.info(f"reproduction, profile {cfg.profile} ({'SYNTHETIC data' if plan.synthetic else 'FF++ and AffectNet'}): "
+    log.info(f"reproduction, profile {cfg.profile} ({'SYNTHETIC data' if plan.synthetic else 'FF++ and AffectNet'}"
+             f"{'; a PILOT: the paper plan cut in size, its numbers no results' if plan.pilot else ''}): "
              f"{len(names)} stages -> {Path(cfg.out)} (work: {p['work']})"
              + (f"; from scratch about {plan.seconds / 60:.0f} minutes on 2 CPU cores" if plan.seconds else ''))
     state = run_stages(STAGE_LIST, names, stage_parameters(cfg), p['stages'], p['executed'], p['work'],
@@ -280,16 +282,14 @@ def train_fers(cfg: ReproduceConfig) -> dict:
     from emd.core import resolve_device, tf32_matmul
     from emd.data.datasets import DetectionDataset
     from emd.fer import load_fer
-    from emd.fer_train import FerTrainConfig, train_fer
+    from emd.fer_train import train_fer
     from emd.fer_cache import precompute_fer_features
     plan, p = plan_of(cfg.profile), paths(cfg)
     out, runs = {}, {}
-    for kind, spec, folder in (('esr', plan.esr, p['esr']), ('simfer', plan.simfer, p['simfer'])):
+    for kind in ('esr', 'simfer'):
         if kind == 'esr' and cfg.esr_weights:
             load_fer(cfg.esr_weights); out[kind] = dict(source=str(cfg.esr_weights), published=True); continue
-        runs[kind] = FerTrainConfig.from_profile(spec.get('profile'), data=p['affectnet'], out=folder, seed=cfg.seed,
-                                                 device=cfg.device, amp=cfg.amp, tf32=cfg.tf32,
-                                                 **{k: v for k, v in spec.items() if k != 'profile'})
+        runs[kind] = fer_config(cfg, kind)
     if cfg.launcher == 'slurm' and runs:          # one SLURM job per FER run, both at once
         _raise_failed(launch_runs(cfg, list(runs.values())))
         out.update({kind: Run(fc.out).summary() for kind, fc in runs.items()})
@@ -321,13 +321,6 @@ def run_detectors(cfg: ReproduceConfig, progress: bool = False) -> pd.DataFrame:
     return _raise_failed(launch_runs(cfg, detector_runs(cfg), progress))
 
 # %% ../nbs/54_reproduce.ipynb #b5677e0b
-def _cpu_model() -> str:
-    "The processor's model name (/proc/cpuinfo), or what `platform` knows."
-    try:
-        return next(l.split(':', 1)[1].strip() for l in Path('/proc/cpuinfo').read_text().splitlines() if l.startswith('model name'))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
 # the libraries whose versions can move a number (decoding, resizing, random streams, kernels): the manifest records them
 _LIBRARIES = ('torch', 'torchvision', 'numpy', 'scipy', 'opencv-python', 'opencv-python-headless', 'av', 'pillow', 'dlib', 'dlib-bin',
               'timm', 'segmentation-models-pytorch', 'scikit-learn', 'pandas', 'pyarrow', 'safetensors')
@@ -345,15 +338,23 @@ def machine_info() -> dict:
     import torch
     from emd.core import fast_bf16
     info = dict(python=platform.python_version(), torch=torch.__version__, platform=platform.platform(),
-                cpu=_cpu_model(), cpu_capability=torch.backends.cpu.get_cpu_capability(), cpu_fast_bf16=fast_bf16('cpu'),
+                cpu=cpu_model(), cpu_capability=torch.backends.cpu.get_cpu_capability(), cpu_fast_bf16=fast_bf16('cpu'),
                 cpu_count=os.cpu_count(), cuda=torch.cuda.is_available(), libraries=library_versions())
     if torch.cuda.is_available(): info['gpu'] = torch.cuda.get_device_name(0)
     return info
 
+def _store_synthetic(cfg: ReproduceConfig) -> bool:
+    "Whether the reproduction's FF++ store was prepared from SynthForensics (its own record of its source)."
+    from emd.data.store import FrameStore
+    try: return bool(FrameStore(paths(cfg)['ffpp']).synthetic)
+    except Exception: return False
+
 def write_manifest(cfg: ReproduceConfig, state: dict, seconds: float) -> dict:
     plan = plan_of(cfg.profile)
-    m = dict(profile=cfg.profile, data='SynthForensics (synthetic)' if plan.synthetic else 'FaceForensics++ and AffectNet',
-             synthetic=plan.synthetic, package=package_info(), seed=cfg.seed, device=cfg.device, machine=machine_info(),
+    synthetic = plan.synthetic or _store_synthetic(cfg)     # a pilot on SynthForensics given as --ffpp is synthetic too
+    data = 'SynthForensics (synthetic)' if synthetic else 'FaceForensics++ and AffectNet'
+    m = dict(profile=cfg.profile, data=f'PILOT (the paper plan cut in size) on {data}' if plan.pilot else data,
+             synthetic=synthetic, pilot=plan.pilot, package=package_info(), seed=cfg.seed, device=cfg.device, machine=machine_info(),
              precision=run_precision(cfg),
              parameters={k: v for k, v in stage_parameters(cfg).items() if k not in ('work', 'out')},
              stages={n: {k: state.get(n, {}).get(k) for k in ('key', 'status', 'seconds', 'outputs')} for n in STAGES},
@@ -383,6 +384,8 @@ def explain_run(cfg: ReproduceConfig, run) -> pd.DataFrame:
                "  emd reproduce                                   # smoke: SynthForensics, about 18 min on 2 CPU cores\n"
                "  emd reproduce --profile paper --ffpp /data/FaceForensics++ --affectnet /data/AffectNet \\\n"
                "      --encoder-weights xception65.safetensors --xception-weights legacy_xception.safetensors\n"
+               "  emd reproduce --profile paper --dry-run --ffpp ... --affectnet ...   # the plan and its estimated cost\n"
+               "  emd reproduce --profile pilot --ffpp ... --affectnet ... --out pilot   # every run, cut in size: the cost\n"
                "  emd reproduce --profile paper --ffpp ... --esr-weights /path/to/esr_9   # the published ESR-9\n"
                "  emd reproduce --profile paper --ffpp ... --launcher slurm --partition gpu --time 24 \\\n"
                "      --slurm-option account=lab              # every training run a SLURM job\n"

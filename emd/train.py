@@ -8,6 +8,7 @@ __all__ = ['DetectorTrainConfig', 'detector_loss', 'trainable_parameters', 'set_
            'train_cli']
 
 # %% ../nbs/31_train.ipynb #d7e2d45b
+import itertools
 import json
 import time
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from .core import (AMP_MODES, EmdError, Params, autocast, autocast_dtype, comman
                       precision_label, recompute_bn_stats, say_once, seed_everything, tf32_matmul)
 from .data.datasets import FER_FRAMINGS, detection_data, eval_loader, loader_workers, run_arrays, train_loader
 from .data.store import FrameStore
-from .engine import Dist, Trainer
+from .engine import Dist, Trainer, measured_rates, synced_time
 from .fer_cache import FerCache, fer_cache_for, load_fer_features
 from .models import CONCAT_INITS
 from .registry import DetectorOutput, create_model, list_models, load_detector, model_spec, save_detector
@@ -59,6 +60,8 @@ class DetectorTrainConfig(Params):
     epochs_phase1: int = param(3, 'phase 1: epochs training only the layers the model names (EMD: from the last '
                                   'encoder block on), everything before them fixed')
     epochs: int = param(20, 'phase 2: epochs training everything but the frozen FER')
+    steps_per_epoch: int = param(0, 'at most this many optimiser steps in each epoch (0: the whole epoch; the pilot '
+                                    'of emd reproduce cuts runs to a few)')
     batch_size: int = param(16, 'batch size (per process under torchrun)')
     lr: float = param(1e-3, 'Adam learning rate')
     betas: tuple[float, float] = param((.9, .999), 'Adam betas')
@@ -291,18 +294,20 @@ def precise_bn(model, batches, n: int, device, fmt=torch.contiguous_format, amp:
     return recompute_bn_stats(model, forward, batches, n)
 
 def _train_epoch(net, model, opt, batches, dd: Dist, fmt, amp: torch.dtype | None, seg_weight: float,
-                 cache=None) -> tuple:
-    "One epoch of optimiser steps: (frames, correct, summed loss parts) over the processes; sums kept on the device (no sync per step)."
+                 cache=None, max_steps: int = 0) -> tuple:
+    "One epoch of optimiser steps (at most `max_steps`; 0: all): (frames, correct, summed loss parts, timed) over the processes; `timed`: the frames and seconds after the first step."
     train_mode(model)
-    n, acc, names = 0, None, None
-    for step, batch in enumerate(batches):
+    n, acc, names, warm = 0, None, None, None
+    for step, batch in enumerate(itertools.islice(batches, max_steps or None)):
         k, loss, parts, correct = train_step(net, model, opt, batch, dd.device, fmt, amp, seg_weight, cache)
         vals = torch.stack([correct.double(), loss.double() * k, *(v.double() * k for v in parts.values())])
         acc, names, n = (vals if acc is None else acc + vals), ['loss', *parts], n + k
+        if step == 0: warm = (n, synced_time(dd.device))
         if step % 10 == 0 and hasattr(batches, 'set_postfix'): batches.set_postfix(loss=f"{acc[1].item() / n:.3f}")
+    timed = dict(frames=n - warm[0], seconds=synced_time(dd.device) - warm[1]) if warm else dict(frames=0, seconds=0.)
     dd.average_buffers(model)   # DDP keeps each rank's own batch-norm statistics of the last step
-    sums = dd.sum(n, *acc.tolist())
-    return sums[0], sums[1], dict(zip(names, sums[2:]))
+    sums = dd.sum(n, *acc.tolist(), timed['frames'])
+    return sums[0], sums[1], dict(zip(names, sums[2:-1])), dict(frames=sums[-1], seconds=timed['seconds'])
 
 def _wrap(model, dd: Dist):
     if dd.world == 1: return model
@@ -388,22 +393,27 @@ def train_epoch(self: DetectorTrainer) -> dict:
     bar = tqdm(loader, disable=not (self.progress and self.main), leave=False,     # a fitted model: each frame once
                desc=f"{cfg.model} epoch {self.epoch + 1}/{self.n_epochs} (phase {self.phase})", unit='batch')
     if self.fits:
+        t0 = synced_time(self.device)
         self.model.fit(bar, self.device, groups=self.train_ds.rows.target.to_numpy())   # q and C by CV over target videos
+        fit = dict(frames=len(self.train_ds), seconds=synced_time(self.device) - t0)     # one pass: all of it is the work
         tr = evaluate(self.model, eval_loader(self.train_ds, cfg, dd), dd, self.amp, self.fmt, cfg.seg_weight)
-        return dict(frames=tr['frames'], correct=tr['accuracy'] * tr['frames'], sums=dict(loss=tr['loss'] * tr['frames']))
-    n, ok, sums = _train_epoch(self.net, self.model, self.opt, bar, dd, self.fmt, self.amp, cfg.seg_weight,
-                               self.train_cache)
+        return dict(frames=tr['frames'], correct=tr['accuracy'] * tr['frames'], sums=dict(loss=tr['loss'] * tr['frames']),
+                    timed=fit)
+    n, ok, sums, timed = _train_epoch(self.net, self.model, self.opt, bar, dd, self.fmt, self.amp, cfg.seg_weight,
+                                      self.train_cache, cfg.steps_per_epoch)
     self.sched.step()
     if cfg.precise_bn:
         precise_bn(self.model, train_loader(self.train_ds, cfg.replace(workers=0), self.epoch, dd), cfg.precise_bn,
                    self.device, self.fmt, self.amp, self.train_cache)
         dd.average_buffers(self.model)
-    return dict(frames=n, correct=ok, sums=sums)
+    return dict(frames=n, correct=ok, sums=sums, timed=timed)
 
 @patch
 def validate(self: DetectorTrainer) -> dict:
-    return evaluate(self.model, eval_loader(self.val_ds, self.cfg, self.dd), self.dd, self.amp, self.fmt,
-                    self.cfg.seg_weight, self.val_cache)
+    t0 = synced_time(self.device)
+    ev = evaluate(self.model, eval_loader(self.val_ds, self.cfg, self.dd), self.dd, self.amp, self.fmt,
+                  self.cfg.seg_weight, self.val_cache)
+    return dict(ev, seconds=synced_time(self.device) - t0)
 
 # %% ../nbs/31_train.ipynb #fe706ef9
 @patch
@@ -415,7 +425,7 @@ def record(self: DetectorTrainer, figures: dict, ev: dict) -> dict:
                val_accuracy=round(ev['accuracy'], 5), val_balanced_accuracy=round(ev['balanced_accuracy'], 5),
                val_auc=round(ev['auc'], 5), val_pixel_accuracy=round(ev['pixel_accuracy'], 5),
                images_per_s=round(figures['frames'] / max(self.train_seconds, 1e-9), 2),
-               seconds=round(time.time() - self.t_start, 2))
+               **measured_rates(figures.get('timed'), ev), seconds=round(time.time() - self.t_start, 2))
     if self.main:
         log.info(f"epoch {row['epoch']}/{self.n_epochs} (phase {self.phase}): loss {row['train_loss']:.3f}, train acc "
                  f"{row['train_accuracy']:.3f}, val acc {row['val_accuracy']:.3f}, {row['images_per_s']:.1f} images/s")
@@ -444,6 +454,7 @@ def summary_facts(self: DetectorTrainer) -> dict:
     facts = dict(model=self.cfg.model, best_val_accuracy=at_best.get('val_accuracy', float('nan')),
                  train_frames=len(self.train_ds), val_frames=len(self.val_ds), synthetic=self.train_ds.store.synthetic,
                  device=str(self.device), processes=self.dd.world, precision=self.precision,
+                 loader_workers=loader_workers(self.cfg.workers, self.device),
                  rank_weight_digests=self.digests)
     return {**facts, **self.test}
 
@@ -452,10 +463,12 @@ def predict_test(self: DetectorTrainer) -> dict:
     "Predict the test split with the best epoch's model; write the predictions; their frame count and accuracy."
     test_ds = detection_data(self.cfg, 'test', arrays=getattr(self, 'arrays', ...))
     best_model = load_detector(self.run.path, self.device).to(memory_format=self.fmt)
+    t0 = synced_time(self.device)                    # the test frames' time, the model's loading aside
     df, masks = predict(best_model, test_ds, self.device, self.cfg.batch_size, self.amp, loader_workers(self.cfg.workers, self.device), self.progress,
                         fer_cache_for(best_model, self.cfg, test_ds, self.maps))
     self.run.write_predictions('test', df, masks)
-    return dict(test_frames=len(df), test_accuracy=float((is_manipulated(df.prob) == (df.label > .5)).mean()))
+    return dict(test_frames=len(df), test_accuracy=float((is_manipulated(df.prob) == (df.label > .5)).mean()),
+                test_seconds=round(synced_time(self.device) - t0, 3))
 
 @patch
 def finish(self: DetectorTrainer) -> dict | None:

@@ -53,6 +53,7 @@ class FFppConfig(Params):
     jpeg_quality: int = param(95, 'JPEG quality when --image-format jpg')
     mask_threshold: int = param(128, 'a resized mask pixel is manipulated where it is >= this (0-255)')
     limit: int = param(0, 'at most this many pairs per split (0: all); for a quick trial')
+    limit_eval: int = param(0, 'at most this many pairs of the validation and of the test split (0: as --limit)')
     workers: int = param(0, 'processes (0: one per CPU core)')
     force: bool = param(False, 'start the store over')
 
@@ -150,7 +151,7 @@ def plan(cfg: FFppConfig, problems: list | None = None) -> dict:
                        + ". Check --root, or choose --methods and --compression to match your copy")
     targets = {}
     for split, pairs in splits.items():
-        for a, b in pairs[:cfg.limit or None]:
+        for a, b in pairs[:((cfg.limit_eval or cfg.limit) if split != 'train' else cfg.limit) or None]:
             for t, s in ((a, b), (b, a)):
                 jobs = [Job(split, 'original', q, t, t, video_path(root, 'original', q, t)) for q in cfg.compression]
                 jobs += [Job(split, m, q, f'{t}_{s}', t, video_path(root, m, q, f'{t}_{s}'), mask_path(root, m, f'{t}_{s}'))
