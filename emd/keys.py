@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['PACKAGE', 'digest', 'file_digest', 'tree_digest', 'path_digest', 'module_file', 'imported_modules', 'code_closure',
-           'code_digest', 'notebook_modules']
+           'code_text', 'source_digest', 'code_digest', 'notebook_modules']
 
 # %% ../nbs/07_keys.ipynb #594fb023
 import ast
@@ -98,10 +98,29 @@ def code_closure(*modules, root=PACKAGE) -> tuple:
     root = Path(root)
     return _closure(tuple(sorted(modules)), root, _stamp(root))
 
+def code_text(source: str) -> str:
+    "Python source as the interpreter runs it: parsed and written out again, without comments, docstrings or formatting."
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+                node.body = node.body[1:] or [ast.Pass()]
+    return ast.unparse(tree)
+
+def source_digest(path) -> str:
+    "A digest of a Python file's code (`code_text`; remembered in this process while its size, time and inode are unchanged)."
+    s = Path(path).stat()
+    return _source_digest(str(path), s.st_size, s.st_mtime_ns, s.st_ino)
+
+@lru_cache(maxsize=1024)
+def _source_digest(path: str, size: int, mtime_ns: int, inode: int) -> str:
+    return hashlib.sha256(code_text(Path(path).read_text()).encode()).hexdigest()[:16]
+
 def code_digest(*modules, root=PACKAGE) -> str:
-    "A digest of the source of every module in `code_closure(*modules)`."
+    "A digest of the code (`code_text`) of every module in `code_closure(*modules)`."
     root = Path(root)
-    return digest([(m, file_digest(module_file(m, root))) for m in code_closure(*modules, root=root)])
+    return digest([(m, source_digest(module_file(m, root))) for m in code_closure(*modules, root=root)])
 
 # %% ../nbs/07_keys.ipynb #1c8c1b39
 def notebook_modules(path) -> set:

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .core import EmdError, log, write_json
-from .keys import code_digest, digest, notebook_modules
+from .keys import code_digest, code_text, digest, notebook_modules
 from .plans import PLANS, plan_of, project_root
 
 # %% ../nbs/07a_pipeline.ipynb #6a293483
@@ -36,8 +36,13 @@ def notebooks_root() -> Path:
 def stage_code(stage: Stage) -> dict:
     "What a stage executes: its notebook's code cells and the `emd` code they import (`emd.keys.code_digest`)."
     path = notebooks_root() / stage.notebook
-    cells = [''.join(c['source']) for c in json.loads(path.read_text())['cells'] if c['cell_type'] == 'code']
+    cells = [_cell_code(''.join(c['source'])) for c in json.loads(path.read_text())['cells'] if c['cell_type'] == 'code']
     return dict(notebook=digest(cells), emd=code_digest(*sorted(notebook_modules(path))))
+
+def _cell_code(source: str) -> str:
+    "A code cell as it runs: without comments and formatting (`emd.keys.code_text`); as written where it is not plain Python (magics)."
+    try: return code_text(source)
+    except SyntaxError: return source
 
 def stage_key(stage: Stage, params: dict, upstream: dict, sources: dict | None = None) -> str:
     "Digest of what a stage reads: its code, the parameters it uses (its profile's plan included), the outputs of the stages it needs, and (data) its sources."

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from .core import EmdError, command, cpu_model, log, package_info, write_json
-from .keys import digest, file_digest, path_digest, tree_digest
+from .keys import code_digest, digest, file_digest, path_digest, tree_digest
 from .plans import (PLANS, ReproduceConfig, detector_runs, detector_size, fer_config, fer_path, paths, plan_of,
                        run_layers, run_precision)
 from .pipeline import Stage, run_stages, selected_stages
@@ -220,8 +220,9 @@ def reproduce(cfg: ReproduceConfig) -> dict:
 def _same_synth(root: Path, want: dict) -> bool:
     meta = root / 'synthforensics.json'
     if not meta.is_file(): return False
-    m = json.loads(meta.read_text())
-    return m.get('status') == 'complete' and all(m.get('config', {}).get(k) == v for k, v in want.items())
+    m = json.loads(meta.read_text())       # by this generator's code (a changed generator remakes the data)
+    return (m.get('status') == 'complete' and m.get('code') == code_digest('emd.synth.benchmark')
+            and all(m.get('config', {}).get(k) == v for k, v in want.items()))
 
 def store_configs(cfg: ReproduceConfig) -> tuple:
     "The preparation settings of the FF++ store and of the AffectNet store (None when the plan has none)."
@@ -271,10 +272,10 @@ def prepare_data(cfg: ReproduceConfig) -> dict:
 def _maps_current(path: Path, fer, ds, size: int) -> bool:
     "Whether the file of FER maps at `path` was made by `fer` from the frames of `ds` (its store's content) at its size."
     from safetensors import safe_open
-    from emd.fer_cache import fer_digest
+    from emd.fer_cache import fer_digest, maps_code
     if not path.is_file(): return False
     with safe_open(str(path), 'pt') as f: meta = f.metadata()
-    return (meta.get('fer') == fer_digest(fer) and meta.get('data') == ds.store.digest and int(meta.get('size', -1)) == size
+    return (meta.get('fer') == fer_digest(fer) and meta.get('code') == maps_code() and meta.get('data') == ds.store.digest and int(meta.get('size', -1)) == size
             and json.loads(meta['keys']) == ds.rows.image_path.tolist())
 
 def train_fers(cfg: ReproduceConfig) -> dict:

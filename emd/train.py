@@ -94,6 +94,8 @@ class DetectorTrainConfig(Params):
     fer_features: str = param('', "a file of FER maps computed beforehand for this store, FER and size "
                                    "(precompute_fer_features): the FER then runs only for frames it lacks", metavar='FILE')
     predict: bool = param(True, 'write the best epoch\'s predictions on the test split')
+    keep_checkpoint: bool = param(True, "keep RUN/checkpoint.pt once the run has finished (needed only to extend it later "
+                                        "with --resume --epochs N; EMD's is about 0.6 GB)")
     resume: bool = param(False, 'continue the run in --out from its checkpoint')
     force: bool = param(False, 'start over in a non-empty --out')
     PROFILES = {'paper': dict(), 'smoke': dict(encoder='tu-xception41', encoder_width=.25, decoder_channels=64, size=128,
@@ -112,7 +114,7 @@ class DetectorTrainConfig(Params):
         "What must not change between a run and its resumption (`epochs` may grow: `--resume --epochs 30` extends a run)."
         return {k: v for k, v in self.to_dict().items()
                 if k not in ('out', 'data', 'resume', 'force', 'workers', 'device', 'predict', 'epochs', 'fer_cache_gb',
-                             'fer_features', 'frame_cache')}
+                             'fer_features', 'frame_cache', 'keep_checkpoint')}
 
     def run_inputs(self) -> dict:
         "Digests of what the run reads besides its settings: the frame store, the FER and encoder weights, the code."
@@ -476,6 +478,7 @@ def finish(self: DetectorTrainer) -> dict | None:
     self.digests = self.dd.gather(_digest(self.model))
     self.test = self.predict_test() if (self.cfg.predict and self.main) else {}
     s = Trainer.finish(self)
+    if self.main and not self.cfg.keep_checkpoint: self.run.checkpoint_file.unlink(missing_ok=True)   # finished: not resumed
     self.dd.barrier()
     return s if self.main else None
 

@@ -107,7 +107,8 @@ def affectnet_source(cfg: AffectNetConfig) -> dict:
     root, synth = Path(cfg.root), synthforensics(cfg.root)
     return dict(root=str(root.resolve()), synthetic=synth is not None, notice=synth.get('notice') if synth else None,
                 csv={f: file_digest(root / f) for f in SPLIT_FILES.values()},
-                synth=synth.get('config') if synth else None, code=code_digest('emd.data.affectnet'))
+                synth=synth.get('config') if synth else None, synth_code=synth.get('code') if synth else None,
+                code=code_digest('emd.data.affectnet'))
 
 
 # %% ../../nbs/13_data_affectnet.ipynb #7a00c5fa

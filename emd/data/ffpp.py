@@ -171,7 +171,8 @@ def ffpp_source(cfg: FFppConfig) -> dict:
     return dict(root=str(root.resolve()), synthetic=synth is not None, notice=synth.get('notice') if synth else None,
                 splits={f'{s}.json': file_digest(d / f'{s}.json') for s in SPLITS},
                 videos={p.relative_to(root).as_posix(): p.stat().st_size for p in sorted(files) if p.is_file()},
-                synth=synth.get('config') if synth else None, code=code_digest('emd.data.ffpp'))
+                synth=synth.get('config') if synth else None, synth_code=synth.get('code') if synth else None,
+                code=code_digest('emd.data.ffpp'))
 
 
 # %% ../../nbs/12_data_ffpp.ipynb #abd10ac5

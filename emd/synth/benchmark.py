@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from ..core import EmdError, Params, command, log, output_dir, package_info, param, rng_for, run_parallel, write_json
+from ..keys import code_digest
 from .faces import EXPRESSIONS, Expression, Identity, Light, Pose, expression
 from .render import background, render
 from .videos import MANIPULATIONS, _as_long_as, make_script, manipulate, render_video
@@ -242,7 +243,7 @@ def synthesize(cfg: SynthConfig) -> dict:
         if p.is_dir(): shutil.rmtree(p)
         elif p.exists(): p.unlink()
     meta = dict(dataset='SynthForensics', synthetic=True, notice=NOTICE, status='incomplete',
-                generator=package_info(), config={k: v for k, v in cfg.to_dict().items() if k not in ('out', 'force', 'workers')})
+                generator=package_info(), code=code_digest('emd.synth.benchmark'), config={k: v for k, v in cfg.to_dict().items() if k not in ('out', 'force', 'workers')})
     write_json(root / 'synthforensics.json', meta)
     pairs = make_pairs(cfg)
     if 'ffpp' in cfg.parts:
