@@ -79,7 +79,7 @@ def prepare_level(cfg: ReproduceConfig, level: Level) -> dict:
     from emd.fer import load_fer
     from emd.fer_cache import precompute_fer_features
     from emd.plans import detector_size, fer_path
-    from emd.reproduce import _maps_current, _same_synth
+    from emd.reproduce import maps_current, synth_current
     from emd.synth.benchmark import SynthConfig, synthesize
     lp, plan = level_paths(cfg, level), plan_of(cfg.profile)
     if not lp['own']: return lp
@@ -87,7 +87,7 @@ def prepare_level(cfg: ReproduceConfig, level: Level) -> dict:
                                   artefact_strength=level.artefact_strength, blend_softness=level.blend_softness,
                                   **{k: v for k, v in plan.synth.items() if k not in ('profile', 'parts')})
     want = {k: v for k, v in sc.to_dict().items() if k not in ('out', 'force', 'workers')}
-    if cfg.force or not _same_synth(lp['synth'], want):
+    if cfg.force or not synth_current(lp['synth'], want):
         log.info(f"SynthForensics at level {level.label()} -> {lp['synth']}"); synthesize(sc)
     fc = FFppConfig.from_profile(None, root=lp['synth'], out=lp['ffpp'], **plan.ffpp)
     changes = FrameStore.changes(fc.out, 'ffpp', fc.settings(), ffpp_source(fc))
@@ -95,7 +95,7 @@ def prepare_level(cfg: ReproduceConfig, level: Level) -> dict:
     size, dev = detector_size(plan), resolve_device(cfg.device)
     if plan.fer_maps:
         ds, fer = DetectionDataset(lp['ffpp'], size=size), load_fer(fer_path(cfg, 'esr')).eval()
-        if cfg.force or not _maps_current(lp['maps'], fer, ds, size):
+        if cfg.force or not maps_current(lp['maps'], fer, ds, size):
             log.info(f"ESR-9 maps of {len(ds)} frames at {size} px -> {lp['maps']}")
             with tf32_matmul(cfg.tf32): precompute_fer_features(fer.to(dev), ds, lp['maps'], device=dev)
     return lp

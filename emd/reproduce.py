@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['STAGE_LIST', 'STAGES', 'OUTPUT_FILES', 'worker_devices', 'default_jobs', 'train_runs', 'slurm_options', 'launch_runs',
-           'stage_parameters', 'forced', 'stage_outputs', 'reproduce', 'store_configs', 'data_sources', 'prepare_data',
-           'train_fers', 'run_detectors', 'library_versions', 'machine_info', 'write_manifest', 'explain_run',
-           'reproduce_cli']
+           'stage_parameters', 'forced', 'stage_outputs', 'reproduce', 'synth_current', 'store_configs', 'data_sources',
+           'prepare_data', 'maps_current', 'train_fers', 'run_detectors', 'library_versions', 'machine_info',
+           'write_manifest', 'explain_run', 'reproduce_cli']
 
 # %% ../nbs/54_reproduce.ipynb #62adae1f
 import json
@@ -217,7 +217,8 @@ def reproduce(cfg: ReproduceConfig) -> dict:
     return manifest
 
 # %% ../nbs/54_reproduce.ipynb #8f6d9a6f
-def _same_synth(root: Path, want: dict) -> bool:
+def synth_current(root: Path, want: dict) -> bool:
+    "Whether the SynthForensics in `root` is complete, with the settings `want`, and made by this generator's code."
     meta = root / 'synthforensics.json'
     if not meta.is_file(): return False
     m = json.loads(meta.read_text())       # by this generator's code (a changed generator remakes the data)
@@ -264,12 +265,12 @@ def prepare_data(cfg: ReproduceConfig) -> dict:
         sc = SynthConfig.from_profile(plan.synth.get('profile'), out=p['synth'], seed=cfg.seed, force=True,
                                       **{k: v for k, v in plan.synth.items() if k != 'profile'})
         want = {k: v for k, v in sc.to_dict().items() if k not in ('out', 'force', 'workers')}
-        if _same_synth(p['synth'], want) and not cfg.force: log.info(f"SynthForensics in {p['synth']} is complete: kept")
+        if synth_current(p['synth'], want) and not cfg.force: log.info(f"SynthForensics in {p['synth']} is complete: kept")
         else: out['synth'] = synthesize(sc)
     return {**out, **_prepare_stores(cfg)}
 
 # %% ../nbs/54_reproduce.ipynb #f1efc68e
-def _maps_current(path: Path, fer, ds, size: int) -> bool:
+def maps_current(path: Path, fer, ds, size: int) -> bool:
     "Whether the file of FER maps at `path` was made by `fer` from the frames of `ds` (its store's content) at its size."
     from safetensors import safe_open
     from emd.fer_cache import fer_digest, maps_code
@@ -303,7 +304,7 @@ def train_fers(cfg: ReproduceConfig) -> dict:
         dev = resolve_device(cfg.device)
         for kind, maps in (('esr', p['esr_maps']), ('simfer', p['simfer_maps'])):
             fer = load_fer(fer_path(cfg, kind)).eval()
-            if not cfg.force and _maps_current(maps, fer, ds, size): log.info(f"{maps}: current, kept"); continue
+            if not cfg.force and maps_current(maps, fer, ds, size): log.info(f"{maps}: current, kept"); continue
             log.info(f"FER maps ({kind}) of {len(ds)} frames at {size} px -> {maps}")
             with tf32_matmul(cfg.tf32): precompute_fer_features(fer.to(dev), ds, maps, device=dev)   # as the runs compute
     return out

@@ -24,7 +24,7 @@ from ..core import EmdError, Params, command, log, output_dir, package_info, par
 from ..keys import code_digest
 from .faces import EXPRESSIONS, Expression, Identity, Light, Pose, expression
 from .render import background, render
-from .videos import MANIPULATIONS, _as_long_as, make_script, manipulate, render_video
+from .videos import MANIPULATIONS, as_long_as, make_script, manipulate, render_video
 from ..video import CRF, write_video
 
 # %% ../../nbs/04_synth_benchmark.ipynb #33bb9d87
@@ -157,7 +157,7 @@ def make_video(cfg: SynthConfig, root, v: int, partner: int) -> dict:
         write_video(paths['mask'], mk, cfg.mask_crf, cfg.fps, cfg.preset, gray=True)
         _truth(gt / m / f'{fname}.json', name=fname, method=m, target=name, source=video_name(cfg, partner),
                frames=len(fk), boxes=_boxes(lm[:len(fk)]), landmarks=np.round(flm, 1).tolist(),
-               expression=(_as_long_as(src, len(fk)) if m == 'Face2Face' else s).labels[:len(fk)],
+               expression=(as_long_as(src, len(fk)) if m == 'Face2Face' else s).labels[:len(fk)],
                mask_fraction=np.round((mk > 0).mean((1, 2)), 4).tolist())
         fakes[m] = len(fk)
     return dict(video=name, frames=len(real), fakes=fakes)

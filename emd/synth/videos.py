@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['TALKING_HEAD_MIX', 'INNER_FACE', 'MOUTH_AREA', 'MANIPULATIONS', 'Script', 'make_script', 'render_video',
-           'region_mask', 'feathered_blend', 'colour_match', 'manipulate']
+           'region_mask', 'feathered_blend', 'colour_match', 'as_long_as', 'manipulate']
 
 # %% ../../nbs/03_synth_videos.ipynb #a14ed913
 from dataclasses import dataclass
@@ -155,7 +155,7 @@ def _deepfakes(t: Script, src: Script, n, strength, rng):
 # %% ../../nbs/03_synth_videos.ipynb #b4c21e90
 _METHODS = dict(Face2Face=_face2face, NeuralTextures=_neural_textures, Deepfakes=_deepfakes)
 
-def _as_long_as(s: Script, n: int) -> Script:
+def as_long_as(s: Script, n: int) -> Script:
     "`s` with its expressions and labels played forwards and backwards to cover `n` frames."
     i = np.arange(n) % max(1, 2 * len(s) - 2)
     i = np.where(i < len(s), i, 2 * len(s) - 2 - i)
@@ -170,7 +170,7 @@ def manipulate(method: str, target: Script, source: Script, real: np.ndarray, re
     shorter source's motion is played forwards and backwards)."""
     if method not in _METHODS: raise ValueError(f"unknown manipulation {method!r}; choose from {MANIPULATIONS}")
     n = len(target)
-    source = _as_long_as(source, n)
+    source = as_long_as(source, n)
     rng = np.random.default_rng([target.noise_seed, seed, MANIPULATIONS.index(method)])
     re, lm, idx, expand, post = _METHODS[method](target, source, n, strength, rng)
     gain = 1 + strength * .05 * rng.choice([-1, 1], 3)
