@@ -158,7 +158,7 @@ PILOT_EPOCHS = 2                    # epochs of every run (phase 1 at most one o
 PILOT_STEPS = dict(cpu=2, cuda=0)   # optimiser steps per epoch (0: the whole pilot epoch)
 PILOT_BATCH = dict(cpu=2, cuda=0)   # batch size (0: the recipe's)
 SIZE_FIELDS = ('epochs_phase1', 'epochs', 'epochs_branch', 'steps_per_epoch', 'batch_size', 'train_videos',
-               'keep_checkpoint')   # and the disk a finished run keeps (EMD's checkpoint: 0.6 GB; 77 runs: 24 GB)
+               'keep_checkpoint')   # and the disk a finished run keeps (EMD's checkpoint: 0.6 GB)
 
 def pilot_plan(plan: Plan) -> Plan:
     "The pilot of `plan`: the same plan with its data cut to a few videos, frames and AffectNet rows."
