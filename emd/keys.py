@@ -20,10 +20,14 @@ def digest(*parts) -> str:
     "A digest of JSON-able values (dict key order does not matter)."
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
+def _identity(path) -> tuple:
+    "A file's path, size, time and inode: what the digests below are remembered by in this process."
+    s = Path(path).stat()
+    return str(path), s.st_size, s.st_mtime_ns, s.st_ino
+
 def file_digest(path) -> str:
     "A digest of a file's bytes (remembered in this process while its size, time and inode are unchanged)."
-    s = Path(path).stat()
-    return _file_digest(str(path), s.st_size, s.st_mtime_ns, s.st_ino)
+    return _file_digest(*_identity(path))
 
 @lru_cache(maxsize=4096)
 def _file_digest(path: str, size: int, mtime_ns: int, inode: int) -> str:
@@ -110,8 +114,7 @@ def code_text(source: str) -> str:
 
 def source_digest(path) -> str:
     "A digest of a Python file's code (`code_text`; remembered in this process while its size, time and inode are unchanged)."
-    s = Path(path).stat()
-    return _source_digest(str(path), s.st_size, s.st_mtime_ns, s.st_ino)
+    return _source_digest(*_identity(path))
 
 @lru_cache(maxsize=1024)
 def _source_digest(path: str, size: int, mtime_ns: int, inode: int) -> str:

@@ -382,9 +382,10 @@ def pilot_measurements(cfg: ReproduceConfig) -> tuple:
     synth = FrameStore(paths(cfg)['ffpp']).synthetic      # SynthForensics stands for FF++: count FF++'s frames as published
     paper = cfg.replace(profile='paper', **(dict(ffpp=None, affectnet=None) if synth else {}))
     rows, counts = plan_rows(paper)
-    keyed = lambda runs: {_pilot_key(r, sorted({x.train_videos for x in runs} - {0})): r for r in runs}
-    pilot, runs = keyed(detector_runs(cfg)), detector_runs(paper, counts['targets']['train'])
-    sizes = sorted({x.train_videos for x in runs} - {0})
+    sizes_of = lambda runs: sorted({x.train_videos for x in runs} - {0})
+    pilot, runs = detector_runs(cfg), detector_runs(paper, counts['targets']['train'])
+    pilot_sizes, sizes = sizes_of(pilot), sizes_of(runs)
+    pilot = {_pilot_key(r, pilot_sizes): r for r in pilot}
     ms = [None if r.get('skipped') else run_measurements(fer_config(cfg, k).out) for r, k in zip(rows, ('esr', 'simfer'))]
     ms += [run_measurements(pilot[k].out) if (k := _pilot_key(r, sizes)) in pilot else None for r in runs]
     return paper, rows, counts, ms, synth
@@ -409,9 +410,8 @@ def _pilot_rows(rows, ms, unit) -> list:
     return out
 
 # %% ../nbs/55_paper_plan.ipynb #f011db28
-def _pilot_head(cfg, paper, counts, rows, ms, synth, bench) -> list:
-    m0 = next(m for m in ms if m)
-    unit, todo = ('GPU' if str(m0['device']).startswith('cuda') else 'CPU'), [r for r in rows if not r.get('skipped')]
+def _pilot_head(paper, counts, rows, m0, unit, synth, bench) -> list:
+    todo = [r for r in rows if not r.get('skipped')]
     mine, est = [r['pilot_hours'] for r in todo if r.get('pilot_hours') is not None], plan_totals(rows)
     miss = len(todo) - len(mine)
     src = ('as published (the pilot ran on SynthForensics, which stands for them here)' if synth else
@@ -438,9 +438,7 @@ def _pilot_models(rows, unit) -> list:
                    f"| {_hours(sum(est)) if est else 'no measured rate'}{' (part)' if est and len(est) < len(rs) else ''} |")
     return out
 
-def _pilot_notes(ms) -> list:
-    m0 = next(m for m in ms if m)
-    cpu = not str(m0['device']).startswith('cuda')
+def _pilot_notes(cpu: bool) -> list:
     return ['## How the pilot measured', '',
             "- Each pilot run is its paper run with the size fields cut (`emd.plans.SIZE_FIELDS`): a few target videos, "
             "frames and optimiser steps, at most two epochs. Its rates are images per second end to end, data loading "
@@ -464,10 +462,11 @@ def write_pilot_plan(cfg: ReproduceConfig, bench=None) -> dict:
     for r, m in zip(rows, ms): r['pilot_hours'] = measured_hours(r['phases'], r['frames'], m) if m else None
     bench = Path(bench) if bench is not None else bench_path()
     shown = bench.relative_to(project_root()) if bench.is_relative_to(project_root()) else bench
-    unit = 'GPU' if str(next(m for m in ms if m)['device']).startswith('cuda') else 'CPU'
-    md = (_pilot_head(cfg, paper, counts, rows, ms, synth, shown) + ['## By model', ''] + _pilot_models(rows, unit)
+    m0 = next(m for m in ms if m)                        # every pilot run ran on one device
+    unit = 'GPU' if str(m0['device']).startswith('cuda') else 'CPU'
+    md = (_pilot_head(paper, counts, rows, m0, unit, synth, shown) + ['## By model', ''] + _pilot_models(rows, unit)
           + ['', '## Every run', ''] + _pilot_rows(rows, ms, unit)
-          + [''] + _pilot_notes(ms))
+          + [''] + _pilot_notes(unit == 'CPU'))
     with atomic_write(Path(cfg.out) / 'paper-plan.md') as tmp: tmp.write_text('\n'.join(md) + '\n')
     write_json(Path(cfg.out) / 'pilot-rates.json', [dict(model=r['model'], cell=r['cell'], serves=r['serves'], measured=m,
                                                          hours=r['pilot_hours'], bench_hours=r['hours']) for r, m in zip(rows, ms)])
