@@ -9,35 +9,34 @@ __all__ = ['COMMANDS', 'USAGE', 'main']
 import importlib
 import sys
 
-from .core import EmdError, setup_logging
+from .core.log import EmdError, setup_logging
 
 # %% ../nbs/90_cli.ipynb #d17fb482
-COMMANDS = {
-    'synth': ('emd.synth.benchmark', 'synth_cli',
+COMMANDS = {'synth': ('emd.synth.dataset', 'synth_cli',
               'write SynthForensics, a synthetic benchmark in the FF++ and AffectNet layouts'),
-    'prepare': {
-        'ffpp': ('emd.data.ffpp', 'ffpp_cli', 'FaceForensics++ videos -> face crops, aligned masks, one index'),
+    'prepare': {'ffpp': ('emd.data.ffpp', 'ffpp_cli', 'FaceForensics++ videos -> face crops, aligned masks, one index'),
         'affectnet': ('emd.data.affectnet', 'affectnet_cli', 'AffectNet images -> expression crops (classes 0-7)'),
     },
-    'train': {
-        'fer': ('emd.fer_train', 'fer_train_cli', 'train the FER ensemble (ESR-9) on AffectNet crops (Eq. 1)'),
-        'detector': ('emd.train', 'train_cli', "train a detector (EMD or a baseline) with the paper's two-phase recipe"),
+    'train': {'fer': ('emd.train.fer', 'fer_train_cli', 'train the FER ensemble (ESR-9) on AffectNet crops (Eq. 1)'),
+        'detector': ('emd.train.detector', 'train_cli',
+                     "train a detector (EMD or a baseline) with the paper's two-phase recipe"),
     },
-    'fer': {
-        'framing': ('emd.fer_framing', 'fer_framing_cli',
+    'fer': {'framing': ('emd.experiments.fer_framing', 'fer_framing_cli',
                     "FER accuracy per framing (whole 1.3x crop or face box) on SynthForensics (JSON + Markdown)"),
     },
-    'reproduce': ('emd.reproduce', 'reproduce_cli', 'regenerate Tables I-V and Figs. 4-7 with papermill (smoke: synthetic, CPU)'),
-    'experiment': {
-        'robustness': ('emd.experiments', 'robustness_cli',
+    'reproduce': ('emd.reproduce.stages', 'reproduce_cli',
+                  'regenerate Tables I-V and Figs. 4-7 with papermill (smoke: synthetic, CPU)'),
+    'experiment': {'robustness': ('emd.experiments.stages', 'robustness_cli',
                        'beyond the paper: JPEG, blur, downscaling, noise, H.264 on trained detectors (no retraining)'),
-        'generalisation': ('emd.experiments', 'generalisation_cli',
+        'generalisation': ('emd.experiments.stages', 'generalisation_cli',
                            'beyond the paper: train on one manipulation and quality, test on all (AUC matrices)'),
-        'fer-effect': ('emd.experiments', 'fer_effect_cli',
+        'fer-effect': ('emd.experiments.stages', 'fer_effect_cli',
                        'beyond the paper: with FER against without, several seeds, at weaker forgery traces'),
     },
-    'detect': ('emd.detect', 'detect_cli', 'is this video (image, folder) manipulated? per-frame scores, masks, overlay video'),
-    'bench': ('emd.bench', 'bench_cli', 'time preparation, training and inference on this machine (JSON + Markdown)'),
+    'detect': ('emd.detect.scan', 'detect_cli',
+               'is this video (image, folder) manipulated? per-frame scores, masks, overlay video'),
+    'bench': ('emd.bench.suite', 'bench_cli',
+              'time preparation, training and inference on this machine (JSON + Markdown)'),
 }
 
 # %% ../nbs/90_cli.ipynb #30b5be16
@@ -60,7 +59,8 @@ def _usage(group=None):
         return (f"usage: emd {group} {{{','.join(COMMANDS[group])}}} [options]\n\ncommands:\n"
                 + '\n'.join(f'  {k:{max(map(len, COMMANDS[group]))}s}  {v[2]}' for k, v in COMMANDS[group].items())
                 + f"\n\nEach has its own --help: emd {group} {next(iter(COMMANDS[group]))} --help\n")
-    names = [(f'{k} {s}', w[2]) for k, v in COMMANDS.items() for s, w in (v.items() if isinstance(v, dict) else [('', v)])]
+    names = [(f'{k} {s}', w[2]) for k, v in COMMANDS.items() for s,
+             w in (v.items() if isinstance(v, dict) else [('', v)])]
     width = max(len(n.strip()) for n, _ in names)
     return USAGE.format(commands='\n'.join(f'  {n.strip():{width}s}  {h}' for n, h in names))
 
@@ -71,10 +71,12 @@ def main(argv=None) -> int:
     verbose = 0
     while argv and argv[0] in ('-v', '--verbose'): verbose, argv = verbose + 1, argv[1:]
     if not argv or argv[0] in ('-h', '--help'):
-        print(_usage()); return 0 if argv else 2
+        print(_usage())
+        return 0 if argv else 2
     if argv[0] == '--version':
         from emd import __version__
-        print(f'emd {__version__}'); return 0
+        print(f'emd {__version__}')
+        return 0
     cmd, rest = argv[0], argv[1:]
     if cmd not in COMMANDS:
         print(_usage(), file=sys.stderr)
@@ -83,7 +85,8 @@ def main(argv=None) -> int:
     entry = COMMANDS[cmd]
     if isinstance(entry, dict):
         if not rest or rest[0] in ('-h', '--help'):
-            print(_usage(cmd)); return 0 if rest else 2
+            print(_usage(cmd))
+            return 0 if rest else 2
         if rest[0] not in entry:
             print(_usage(cmd), file=sys.stderr)
             print(f"emd {cmd}: error: unknown command {rest[0]!r}; choose one of: {', '.join(entry)}", file=sys.stderr)
@@ -94,9 +97,11 @@ def main(argv=None) -> int:
     try:
         return getattr(importlib.import_module(module), fn)(rest, prog=f'emd {cmd}') or 0
     except EmdError as e:
-        print(f'emd {cmd}: error: {e}', file=sys.stderr); return 2
+        print(f'emd {cmd}: error: {e}', file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print(f'emd {cmd}: interrupted', file=sys.stderr); return 130
+        print(f'emd {cmd}: interrupted', file=sys.stderr)
+        return 130
 
 # %% ../nbs/90_cli.ipynb #2bbb2fbf
 if __name__ == '__main__' and not hasattr(sys, 'ps1') and 'ipykernel' not in sys.modules:

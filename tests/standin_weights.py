@@ -11,7 +11,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from emd.fer import FerEnsemble, save_esr9
+from emd.fer.esr import FerEnsemble, save_esr9
 
 
 def write_standins(out) -> dict:

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(not PILOT, reason='EMD_PILOT: the folder of .ci/
 
 @pytest.fixture(scope='module')
 def pilot():
-    from emd.plans import ReproduceConfig
+    from emd.reproduce.plans import ReproduceConfig
     d = Path(PILOT)
     m = json.loads((d / 'out' / 'manifest.json').read_text())
     p = m['parameters']
@@ -24,8 +24,8 @@ def pilot():
 
 
 def test_every_run_of_the_paper_plan_executed(pilot):
-    from emd.plans import SIZE_FIELDS, detector_runs, fer_config
-    from emd.runs import Run
+    from emd.reproduce.plans import SIZE_FIELDS, detector_runs, fer_config
+    from emd.core.runs import Run
     d, m, cfg = pilot
     runs = detector_runs(cfg)
     assert len(runs) == 77                                  # 62 cells of Tables II-V and 15 runs of Fig. 6
@@ -39,7 +39,7 @@ def test_every_run_of_the_paper_plan_executed(pilot):
 
 
 def test_weights_went_through_their_loaders(pilot):
-    from emd.plans import detector_runs
+    from emd.reproduce.plans import detector_runs
     d, m, cfg = pilot
     for c in detector_runs(cfg):
         if c.model in ('emd', 'xception_seg', 'xception_simfer'): assert c.encoder_weights == cfg.encoder_weights

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from emd.output_checks import NOT_COMPARED
+from emd.reproduce.checks import NOT_COMPARED
 
 from faults import SEED, count, kill_tree, ok, run, start, SEQUENCES
 

@@ -1,4 +1,4 @@
-"""Training runs as jobs of a real single-node SLURM (`emd.slurm`): `.ci/slurm-up` installs Debian's slurm-wlm and munge
+"""Training runs as jobs of a real single-node SLURM (`emd.train.slurm`): `.ci/slurm-up` installs Debian's slurm-wlm and munge
 when missing and starts them on localhost (CPU only, two slots). The fault suite's reference training run is submitted
 again as a SLURM job, cancelled with `scancel` once it has a checkpoint, submitted again by `slurm_train_runs`, and must
 give the same best weights and test predictions as the uninterrupted run; a run on a missing store must be reported as
@@ -47,9 +47,9 @@ def _cancel_when_checkpointed(run: Path, name: str, log: list, timeout: float = 
 
 
 def test_slurm_cancelled_run_resubmitted(root, ffpp_ref, train_ref, slurm, monkeypatch):
-    from emd.reproduce import _train_one
-    from emd.slurm import SlurmOptions, job_name, slurm_train_runs
-    from emd.train import DetectorTrainConfig
+    from emd.reproduce.stages import _train_one
+    from emd.train.slurm import SlurmOptions, job_name, slurm_train_runs
+    from emd.train.detector import DetectorTrainConfig
     # the reference run's settings, parsed as `emd train detector` parses them; its thread settings, which the jobs inherit
     parser = argparse.ArgumentParser()
     DetectorTrainConfig.add_arguments(parser)

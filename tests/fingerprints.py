@@ -1,0 +1,113 @@
+"""Fingerprints of every registered detector: two CPU training steps through `emd.train.detector.train_detector` and
+a prediction of the test split, on a tiny SynthForensics store, kept in tests/fingerprints.json beside the run key
+(`emd.train.detector.run_code`) they were made under.
+
+A run is retrained only when its key changes. The key covers the code that computes a run's numbers, not every line it
+reaches (`emd.core.keys.NOT_NUMERIC`, the other model families). If a model's numbers change while its key does not, the
+key is too narrow: reruns would reuse results the code no longer produces. tests/test_fingerprints.py checks that.
+
+    python tests/fingerprints.py            # compare every model with tests/fingerprints.json
+    python tests/fingerprints.py --update   # after a change that moves numbers on purpose: record the new ones
+"""
+import argparse
+import contextlib
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+FILE = HERE / 'fingerprints.json'
+RTOL, ATOL = 1e-4, 2e-5     # CPUs with and without AVX-512 differ in the last bits of float32 sums; a code change moves more
+
+
+def tiny_store(tmp: Path) -> dict:
+    "A 64-pixel FF++ store of 6 SynthForensics videos (Face2Face, c23) and two random FERs saved to disk."
+    import torch
+    from emd.data.ffpp import FFppConfig, prepare_ffpp
+    from emd.fer.esr import FerEnsemble, SimFER, save_fer
+    from emd.synth.dataset import SynthConfig, synthesize
+    synthesize(SynthConfig.from_profile('smoke', out=tmp / 'synth', videos=6, frames=8, frames_jitter=0, parts=('ffpp',),
+                                        methods=('Face2Face',), workers=1))
+    prepare_ffpp(FFppConfig(root=tmp / 'synth', out=tmp / 'store', methods=('Face2Face',), compression=('c23',), size=64,
+                            workers=1))
+    torch.manual_seed(0); save_fer(FerEnsemble(2), tmp / 'esr')
+    torch.manual_seed(1); save_fer(SimFER(), tmp / 'simfer')
+    return dict(store=tmp / 'store', esr=tmp / 'esr', simfer=tmp / 'simfer')
+
+
+def fingerprint(name: str, tiny: dict, out: Path) -> list:
+    """Two training steps of model `name` (smoke settings at 64 px, batch 4, seed 0), then its test predictions: the steps'
+    mean loss, validation accuracy, sums and extremes of the test probabilities (and of the first mask)."""
+    import torch
+    from emd.core.runs import Run
+    from emd.models.registry import model_spec
+    from emd.train.detector import DetectorTrainConfig, train_detector
+    torch.set_num_threads(1)
+    spec = model_spec(name)
+    fer = {'esr': str(tiny['esr']), 'simfer': str(tiny['simfer'])}.get(spec.fer, '')
+    cfg = DetectorTrainConfig.from_profile('smoke', model=name, data=tiny['store'], out=out, fer=fer, size=64,
+                                           input_size=64, epochs_phase1=0, epochs=1, steps_per_epoch=2, batch_size=4,
+                                           workers=0, seed=0)
+    train_detector(cfg, progress=False)
+    run = Run(out)
+    df, masks = run.predictions()
+    p = df.sort_values(['video', 'frame']).prob.to_numpy(np.float64)
+    log = run.log_table()
+    values = [float(log.train_loss.iloc[-1]), float(log.val_accuracy.iloc[-1])]     # the training steps' mean loss
+    values += [float(p.sum()), float((p * np.arange(1, len(p) + 1)).sum()), float(p.min()), float(p.max())]
+    if masks is not None: values += [float(masks[0].astype(np.float64).mean()), float(masks[0][:, ::7, ::7].astype(np.float64).std())]
+    return [round(v, 6) for v in values]
+
+
+def verdict(name: str, key: str, values: list, recorded: dict | None) -> str | None:
+    "None when `values` agree with the recorded fingerprint; otherwise what is wrong and what to do."
+    if recorded is None:
+        return f"{name}: no fingerprint recorded in {FILE.name}; run python tests/fingerprints.py --update"
+    same = len(values) == len(recorded['values']) and np.allclose(values, recorded['values'], rtol=RTOL, atol=ATOL)
+    if same: return None
+    if key == recorded['key']:
+        return (f"{name}: its numbers changed ({recorded['values']} -> {values}) but its run key did not "
+                f"(emd.train.detector.run_code = {key}): the code that moved them is outside the key. Widen the key "
+                f"(emd.core.keys.NOT_NUMERIC, or the modules run_code names) so that old runs are not reused.")
+    return (f"{name}: its numbers changed ({recorded['values']} -> {values}) and so did its key ({recorded['key']} -> {key}): "
+            f"if the change is meant, record it with python tests/fingerprints.py --update")
+
+
+def measure(names=None) -> dict:
+    "{model: {key, values}} for `names` (default: every registered model)."
+    from emd.models.registry import list_models
+    from emd.train.detector import run_code
+    tmp = Path(tempfile.mkdtemp(prefix='emd-fingerprints-'))
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            tiny = tiny_store(tmp)
+            return {n: dict(key=run_code(n), values=fingerprint(n, tiny, tmp / 'runs' / n)) for n in (names or list_models())}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def recorded() -> dict:
+    return json.loads(FILE.read_text()) if FILE.exists() else {}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--update', action='store_true', help=f'record the measured fingerprints in {FILE.name}')
+    ap.add_argument('models', nargs='*', help='only these models (default: all)')
+    a = ap.parse_args()
+    now, old = measure(a.models or None), recorded()
+    problems = [p for n, f in now.items() if (p := verdict(n, f['key'], f['values'], old.get(n)))]
+    if a.update:
+        FILE.write_text(json.dumps({**old, **now}, indent=1, sort_keys=True) + '\n')
+        print(f"recorded {len(now)} fingerprints in {FILE}")
+    else:
+        print('\n'.join(problems) or f"{len(now)} fingerprints agree with {FILE.name}")
+        sys.exit(1 if problems else 0)
+
+
+if __name__ == '__main__':
+    main()
