@@ -433,7 +433,7 @@ def explain_run(cfg: ReproduceConfig, run) -> pd.DataFrame:
 
 @command(ReproduceConfig, 'emd reproduce',
          "Regenerate every table (I-V) and figure (4-7) of the paper into --out, with the paper's numbers beside the "
-         "measured ones, by running the notebooks of nbs/reproduce/ with papermill. Stages whose inputs and "
+         "measured ones, by running the notebooks of nbs/reproduce/stages/ with papermill. Stages whose inputs and "
          "parameters have not changed are skipped; interrupted work resumes.",
          lambda: "stages: " + ', '.join(STAGES) + "\n\nexamples:\n"
                  "  emd reproduce                                   # smoke: SynthForensics, about 18 min on 2 CPU "
