@@ -219,6 +219,9 @@ def resampled_metrics(s: VideoStats, W: np.ndarray, auc: bool = True) -> dict:
             k = u8_threshold(.5)
             out['pixel_accuracy'] = (pos[:, k:].sum(1) + neg[:, :k].sum(1)) / (pos.sum(1) + neg.sum(1))
             if auc: out['pixel_auc'] = histogram_auc(pos, neg)
+            Wf = W * s.fake                                      # the manipulated videos' frames only
+            fp, fn = Wf @ s.pixels[0], Wf @ s.pixels[1]
+            out['pixel_accuracy_fake'] = (fp[:, k:].sum(1) + fn[:, :k].sum(1)) / (fp.sum(1) + fn.sum(1))
     if auc:
         out.update(frame_auc=weighted_auc(s.prob, s.frame_fake, W, s.group),
                    video_auc=weighted_auc(s.video_prob, s.fake, W))
@@ -288,7 +291,8 @@ def _cell(frames: pd.DataFrame, masks, rows: np.ndarray, n: int = BOOTSTRAP_RESA
         acc = PixelRoc().add(pm, tm)
         pr = acc.roc()
         fake = (f.label.to_numpy() > .5)
-        out.update(pixel_accuracy=acc.accuracy(), pixel_auc=pr.auc, pixel_auc_error_bound=pr.auc_error_bound,
+        out.update(pixel_accuracy=acc.accuracy(), pixel_accuracy_fake=PixelRoc().add(pm[fake], tm[fake]).accuracy(),
+                   pixel_auc=pr.auc, pixel_auc_error_bound=pr.auc_error_bound,
                    pixel_ap=pr.ap, **{f'mask_{k}': v for k, v in mask_scores(pm[fake], tm[fake]).items()})
     if n:                                                   # the intervals; the point estimates stay the ones above
         for k, i in bootstrap_metrics(f, None if masks is None else (pm, tm), n, seed).items():

@@ -71,6 +71,7 @@ def measured_table(name: str, work, missing: str = 'raise') -> pd.DataFrame:
     for r in t.itertuples():
         row = dict(table=name, method=r.method, fer=r.fer, quality=r.quality, dataset=r.dataset, metric=r.metric,
                    paper=r.value, measured=np.nan, measured_ci_low=np.nan, measured_ci_high=np.nan, difference=np.nan,
+                   measured_fake_frames=np.nan,
                    model=r.model, run='',
                    source='measured' if r.model else 'reported (quoted from the paper, not retrained)')
         if r.model:
@@ -86,6 +87,8 @@ def measured_table(name: str, work, missing: str = 'raise') -> pd.DataFrame:
                 for end in ('low', 'high'):
                     ci = m.get(f'{k}_ci_{end}')
                     row[f'measured_ci_{end}'] = np.nan if ci is None else round(100 * ci, 2)
+                if m.get(f'{k}_fake') is not None:   # pixel accuracy over the manipulated frames only
+                    row['measured_fake_frames'] = round(100 * m[f'{k}_fake'], 2)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -117,6 +120,8 @@ def table_markdown(df: pd.DataFrame, name: str, caption: str = '') -> str:
                 continue
             ours = ('reported' if r.source != 'measured' else
                     _fmt_ci(r.measured, getattr(r, 'measured_ci_low', np.nan), getattr(r, 'measured_ci_high', np.nan)))
+            fake = getattr(r, 'measured_fake_frames', np.nan)
+            if r.source == 'measured' and fake == fake and fake is not None: ours += f'; fake frames {fake:.1f}'
             vals += [_fmt(r.paper), ours, _fmt(r.difference, True)]
         lines.append('| ' + ' | '.join([method, fer, *vals]) + ' |')
     return '\n'.join(lines) + '\n'
@@ -215,7 +220,8 @@ def roc_figure(with_fer: tuple, without_fer: tuple, title: str, note: str = ''):
 
 # %% ../../nbs/evaluate/02_report.ipynb #813188cc
 def training_size_figure(results: pd.DataFrame, title: str, note: str = ''):
-    """`results`: rows of dataset, videos, frame_accuracy, pixel_accuracy (fractions; `*_ci_low`/`*_ci_high`: bands).
+    """`results`: rows of dataset, videos, frame_accuracy, pixel_accuracy (fractions; `*_ci_low`/`*_ci_high`: bands;
+    `pixel_accuracy_fake`, the fake frames' pixel accuracy, dashed).
     Two panels, one line per data set."""
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharex=True)
@@ -226,8 +232,12 @@ def training_size_figure(results: pd.DataFrame, title: str, note: str = ''):
             if f'{col}_ci_low' in g:                                   # the 95 % interval: a band
                 a.fill_between(g.videos, 100 * g[f'{col}_ci_low'], 100 * g[f'{col}_ci_high'], color=line.get_color(),
                                alpha=.15, lw=0)
+            if col == 'pixel_accuracy' and 'pixel_accuracy_fake' in g:  # the fake frames alone: dashed
+                a.plot(g.videos, 100 * g.pixel_accuracy_fake, ls='--', marker=marker, mfc='none',
+                       color=line.get_color(), label=f'{ds}, fake frames')
     sizes = sorted(results.videos.unique())
-    for a, what in zip(axes, ('detection: frame accuracy (%)', 'segmentation: pixel accuracy (%)')):
+    for a, what in zip(axes, ('detection: frame accuracy (%)', 'segmentation: pixel accuracy (%),\nall frames '
+                                                                  '(solid), fake frames (dashed)')):
         a.set(xlabel='training videos (real targets, each with its fakes)', ylabel=what, xscale='log')
         a.set_xticks(sizes, [str(int(s)) for s in sizes])
         a.minorticks_off()   # the sizes trained, not powers of ten

@@ -50,19 +50,18 @@ class MultiTask(FerStream, nn.Module):
                 nn.init.zeros_(m.bias)
         self.register_buffer('mean', torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer('std', torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        self.fer, self.fer_proj = None, None
+        self.fer, self.fer_proj, self.fer_gate = None, None, None
         if fer is not None:
             self.fer = fer
-            self.fer_proj = nn.Conv2d(fer.feature_channels, 128, 1)
-            nn.init.zeros_(self.fer_proj.weight)
-            nn.init.zeros_(self.fer_proj.bias)
+            self.fer_proj = nn.Conv2d(fer.feature_channels, 128, 1)    # PyTorch's default initialisation
+            self.fer_gate = nn.Parameter(torch.zeros(()))              # closed: MultiTask at initialisation
 
     def forward(self, x, fer_features=None, labels=None) -> DetectorOutput:
         z = (resize_to(to_unit(x), self.input_size) - self.mean) / self.std
         latent = self.encoder(z)
         if self.fer is not None:
             ff = fer_features if fer_features is not None else self.fer_selection(x).features
-            latent = latent + self.fer_proj(
+            latent = latent + self.fer_gate * self.fer_proj(
                 F.interpolate(ff.to(latent.dtype), size=latent.shape[-2:], mode='bilinear', align_corners=False)
             )
         halves = latent.unflatten(1, (2, -1))                       # B x 2 x 64 x h x w: [fake, real]

@@ -182,7 +182,7 @@ PLANS = {
         synth=None,
         ffpp=dict(size=299, frames_train=200, frames_eval=10),
         affectnet={},
-        esr=dict(profile='paper'),
+        esr=dict(profile='paper', schedule='grow', max_per_class=5000),   # ESR's published procedure
         simfer=dict(profile='paper', model='simfer'),
         detector=dict(profile='paper'),
         training_sizes=(10, 50, 100, 300, 500),

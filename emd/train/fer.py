@@ -41,7 +41,8 @@ class FerTrainConfig(Params):
                        choices=('esr', 'simfer'))
     branches: int = param(9, 'ensemble branches (ESR-9 has 9)')
     schedule: str = param('joint',
-                          "joint: all branches at once with Eq. 1 (the paper); grow: ESR's branch-by-branch recipe",
+                          "joint: all branches at once with Eq. 1; grow: ESR's published procedure, branch by branch "
+                          "(the paper plan's, with --max-per-class 5000)",
                           choices=('joint', 'grow'))
     epochs: int = param(50, 'epochs (joint), or epochs of the first branch (grow)')
     epochs_branch: int = param(20, 'grow: epochs for each later branch')
