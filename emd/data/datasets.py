@@ -37,7 +37,7 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
 FER_FRAMINGS = ('crop', 'face')
 
 def fer_resample(x: torch.Tensor, size: int = FER_SIZE) -> torch.Tensor:
-    "The one resampling into the FER (training and detection): images B x C x H x W (float) -> size x size, antialiased."
+    "The one resampling into the FER (at training and detection): B x C x H x W floats -> size x size, antialiased."
     if tuple(x.shape[-2:]) == (size, size): return x
     return F.interpolate(x, size=(size, size), mode='bilinear', align_corners=False, antialias=True)
 

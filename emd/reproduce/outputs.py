@@ -320,7 +320,8 @@ def _fer_cells(fe: pd.DataFrame) -> list:
          "Per cell, with the paired 95 % bootstrap interval of each difference (the same resampled test videos for "
          "both models) and whether it excludes zero (a difference whose interval includes zero is not "
          "distinguishable from none on these test videos):", '',
-         '| comparison | cell | frame accuracy | frame AUC | pixel accuracy | pixel accuracy, fake frames | pixel AUC |',
+         '| comparison | cell | frame accuracy | frame AUC | pixel accuracy | pixel accuracy, fake frames | '
+         'pixel AUC |',
          '|---|---|---|---|---|---|---|']
     for _, r in fe.iterrows():
         L.append(f"| {r.comparison} | {r.method} {r.compression} | " + ' | '.join(_diff_ci(r, k) for k in
@@ -335,8 +336,8 @@ def _summary_fer(cfg: ReproduceConfig) -> list:
          'is measured on (per cell: `fer-effect.csv`); the paper\'s difference for the same cells where it gives '
          'both numbers.',
          '',
-         '| comparison | cells | frame accuracy | pixel accuracy | pixel accuracy, fake frames | frame AUC | pixel AUC | '
-         'paper: accuracy (cls) | paper: accuracy (seg) |',
+         '| comparison | cells | frame accuracy | pixel accuracy | pixel accuracy, fake frames | frame AUC | '
+         'pixel AUC | paper: accuracy (cls) | paper: accuracy (seg) |',
          '|---|---|---|---|---|---|---|---|---|']
     for label, g in fe.groupby('comparison', sort=False):
         L.append(f"| {label} | {len(g)} | {_mean_line(g, 'frame_accuracy')} | {_mean_line(g, 'pixel_accuracy')} | "
@@ -377,7 +378,8 @@ def _summary_learning(cfg: ReproduceConfig) -> list:
     L += [f"**The bar: a model learns when the lower end of each interval lies above 0.5 and no cell is constant. "
           f"{sum(learns)} of {len(ml)} models do.**" + ('' if held else f" (Profile {cfg.profile} is too short to be "
           f"held to it: `emd reproduce --check` reports it only for {', '.join(BAR_PROFILES)}.)"), '',
-          '| model | methods | HQ (c23) frame AUC [95 %] | LQ (c40) frame AUC [95 %] | constant cells | learns | seconds |',
+          '| model | methods | HQ (c23) frame AUC [95 %] | LQ (c40) frame AUC [95 %] | constant cells | learns | '
+          'seconds |',
           '|---|---|---|---|---|---|---|']
     for (_, r), ok in zip(ml.iterrows(), learns):
         L.append(f"| {r.model} | {r.methods} | {_auc_text(r, 'hq_auc')} | {_auc_text(r, 'lq_auc')} | "
