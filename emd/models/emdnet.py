@@ -19,7 +19,7 @@ from .parts import CONCAT_INITS, FerStream, encoder_weight_options, frozen_fer
 
 # %% ../../nbs/models/02_emdnet.ipynb #d8112d7f
 def _uniform(shape: tuple, bound: float, seed: int) -> torch.Tensor:
-    return torch.empty(shape, device='cpu').uniform_(-bound, bound, generator=torch.Generator().manual_seed(seed))
+    return torch.empty(shape).uniform_(-bound, bound, generator=torch.Generator().manual_seed(seed))
 
 def fresh_separable(conv: nn.Module, extra: int, seed: int) -> nn.Module:
     """Initialise a timm SeparableConv2d anew with `extra` more input channels. Its own channels' weights come from
@@ -134,7 +134,7 @@ class EmdNet(FerStream, nn.Module):
                                      **encoder_weight_options(encoder_weights), **kw)
         deeplab_decoder(self.net.decoder, tuple(atrous_rates))
         # the seed of the layer the FER enters, drawn with or without a FER: the pair starts that layer alike
-        self._concat_seed = int(torch.randint(0, 2 ** 31 - 4, (), device='cpu'))   # on the CPU under a meta device too
+        self._concat_seed = int(torch.randint(0, 2 ** 31 - 4, ()))
         if concat_init == 'fresh': fresh_separable(self.last_block.stack.conv1, 0, self._concat_seed)
         keep_float32(self.net.segmentation_head)
         keep_float32(self.net.classification_head)   # float32 scores under --amp bf16
