@@ -4,10 +4,11 @@
 
 # %% auto #0
 __all__ = ['Stage', 'notebooks_root', 'stage_code', 'stage_key', 'selected_stages', 'read_state', 'declared_parameters',
-           'run_stage', 'run_stages']
+           'ipc_kernel_manager', 'execute_notebook', 'run_stage', 'run_stages']
 
 # %% ../../nbs/reproduce/01_pipeline.ipynb #f7e81107
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -92,6 +93,28 @@ def declared_parameters(notebook) -> set:
         for t in targets: names |= {n.id for n in ast.walk(t) if isinstance(n, ast.Name)}
     return names
 
+def ipc_kernel_manager(folder):
+    """A kernel manager class whose kernels talk over Unix sockets in `folder` (IPC) instead of TCP on localhost: no
+    port is opened, and the kernel has no reason to warn that its TCP traffic is unencrypted."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class IPCKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs):
+            super().__init__(transport='ipc', ip=str(Path(folder) / 'kernel'), **kwargs)
+    return IPCKernelManager
+
+def execute_notebook(src, dest, parameters: dict, cwd, echo: bool = False) -> None:
+    """Run the notebook `src` with papermill into `dest`, its kernel on IPC sockets in a private temporary folder; its
+    outputs go into `dest` and, with `echo`, to this process's log as well."""
+    import papermill as pm, shutil, tempfile
+    sockets = tempfile.mkdtemp(prefix='emd-kernel-')   # short: a Unix socket's path is limited to about 100 bytes
+    try:
+        pm.execute_notebook(str(src), str(dest), parameters=parameters, cwd=str(cwd), kernel_name='python3',
+                            progress_bar=False, log_output=echo, stdout_file=None, stderr_file=None,
+                            kernel_manager_class=ipc_kernel_manager(sockets))
+    finally:
+        shutil.rmtree(sockets, ignore_errors=True)
+
 def run_stage(stage: Stage, params: dict, executed: Path, cwd: Path) -> float:
     "Execute a stage's notebook with papermill; returns the seconds it took."
     import papermill as pm
@@ -101,9 +124,8 @@ def run_stage(stage: Stage, params: dict, executed: Path, cwd: Path) -> float:
     src = notebooks_root() / stage.notebook
     declared = declared_parameters(src)                # the parameters its parameters cell names: only those are passed
     try:
-        pm.execute_notebook(str(src), str(dest), parameters={k: v for k, v in params.items() if k in declared},
-                            cwd=str(cwd), kernel_name='python3', progress_bar=False, log_output=True,
-                            stdout_file=None, stderr_file=None)
+        execute_notebook(src, dest, {k: v for k, v in params.items() if k in declared}, cwd,
+                         echo=log.isEnabledFor(logging.DEBUG))    # emd -v: the stage's output here too
     except pm.PapermillExecutionError as e:
         raise EmdError(f"stage {stage.name} failed in cell {e.exec_count} ({e.ename}: {e.evalue}); the executed "
                        f"notebook {dest} shows where") from None
@@ -125,7 +147,8 @@ def run_stages(stages: list, names: list, params: dict, state_file: Path, execut
         if not forced(name) and _unchanged(prev, key, made[name]):
             log.info(f"[{i}/{len(names)}] {name}: unchanged, skipped (ran in {prev.get('seconds', 0):.0f} s)")
             continue
-        log.info(f"[{i}/{len(names)}] {name}: running {s.notebook}{' (--force)' if forced(name) else ''} ...")
+        log.info(f"[{i}/{len(names)}] {name}: running{' (--force)' if forced(name) else ''}; its output: "
+                 f"{executed / Path(s.notebook).name}")
         state[name] = dict(key=key, status='running', started=time.strftime('%Y-%m-%d %H:%M:%S'))
         write_json(state_file, state)
         try:
@@ -137,5 +160,5 @@ def run_stages(stages: list, names: list, params: dict, state_file: Path, execut
         made[name] = outputs(name)
         state[name].update(status='done', seconds=round(seconds, 1), outputs=made[name])
         write_json(state_file, state)
-        log.info(f"[{i}/{len(names)}] {name}: done in {seconds / 60:.1f} min")
+        log.debug(f"[{i}/{len(names)}] {name}: done in {seconds / 60:.1f} min")
     return state
