@@ -10,8 +10,13 @@ key is too narrow: reruns would reuse results the code no longer produces. tests
     python tests/fingerprints.py --update   # after a change that moves numbers on purpose: record the new ones
 
 The numbers are computed in a process held to one CPU code path (`ISA`: AVX2 in PyTorch, oneDNN and MKL, one
-thread), so that they do not depend on which machine runs them: with AVX-512 kernels EMD's loss after two steps
-differs from AVX2's in the third decimal.
+thread), so that they depend as little as possible on which machine runs them: with AVX-512 kernels EMD's loss after
+two steps differs from AVX2's in the third decimal. Held to AVX2, Intel and AMD processors still differ for the models
+on timm's Xceptions, whose depthwise convolutions oneDNN blocks by the processor's caches (`CPU_SENSITIVE`): measured on
+an AMD EPYC against the values recorded on an Intel Xeon, their two-step loss by up to 8.5e-4 (relative) and their
+test probabilities by up to 6.5e-5, while the first mask's spread (the last value) moved by 2-5 %. Those models are
+compared at `LOOSE` tolerance without that value; a change outside the key (tests/test_fingerprints.py's
+perturbation) still moves their loss by 4.5e-3 to 4e-2. Every other model agrees to the last digits.
 """
 import argparse
 import contextlib
@@ -28,6 +33,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 FILE = HERE / 'fingerprints.json'
 RTOL, ATOL = 1e-4, 2e-5     # one code path (ISA): equal to the last digits here; a code change moves more
+CPU_SENSITIVE = ('emd', 'xception', 'xception_seg', 'xception_simfer')   # timm's Xceptions: blocked by the CPU's caches
+LOOSE = 2e-3                 # their relative tolerance (Intel against AMD: at most 8.5e-4), the mask's spread left out
 ISA = dict(ATEN_CPU_CAPABILITY='avx2', ONEDNN_MAX_CPU_ISA='AVX2', MKL_ENABLE_INSTRUCTIONS='AVX2', OMP_NUM_THREADS='1',
            MKL_NUM_THREADS='1')
 
@@ -75,7 +82,10 @@ def verdict(name: str, key: str, values: list, recorded: dict | None) -> str | N
     "None when `values` agree with the recorded fingerprint; otherwise what is wrong and what to do."
     if recorded is None:
         return f"{name}: no fingerprint recorded in {FILE.name}; run python tests/fingerprints.py --update"
-    same = len(values) == len(recorded['values']) and np.allclose(values, recorded['values'], rtol=RTOL, atol=ATOL)
+    want = recorded['values']
+    if name in CPU_SENSITIVE: values, want, rtol = values[:7], want[:7], LOOSE
+    else: rtol = RTOL
+    same = len(values) == len(want) and np.allclose(values, want, rtol=rtol, atol=ATOL)
     if same: return None
     if key == recorded['key']:
         return (f"{name}: its numbers changed ({recorded['values']} -> {values}) but its run key did not "

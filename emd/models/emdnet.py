@@ -131,7 +131,7 @@ class EmdNet(FerStream, nn.Module):
         self.net = smp.DeepLabV3Plus(encoder_name=encoder, encoder_output_stride=output_stride, classes=1,
                                      decoder_channels=decoder_channels, decoder_atrous_rates=tuple(atrous_rates),
                                      decoder_aspp_dropout=ASPP_DROPOUT, aux_params=dict(classes=1, dropout=dropout),
-                                     **encoder_weight_options(encoder_weights), **kw)
+                                     **encoder_weight_options(encoder_weights, encoder.removeprefix('tu-')), **kw)
         deeplab_decoder(self.net.decoder, tuple(atrous_rates))
         # the seed of the layer the FER enters, drawn with or without a FER: the pair starts that layer alike
         self._concat_seed = int(torch.randint(0, 2 ** 31 - 4, ()))

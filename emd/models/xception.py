@@ -19,7 +19,7 @@ class XceptionFFpp(nn.Module):
     def __init__(self, encoder_weights=None, input_size: int = 299):
         super().__init__()
         import timm
-        opts = encoder_weight_options(encoder_weights)
+        opts = encoder_weight_options(encoder_weights, 'legacy_xception')
         pretrained = opts.pop('encoder_weights') is not None
         self.net = timm.create_model('legacy_xception', pretrained=pretrained, num_classes=1, **opts)
         keep_float32(self.net.get_classifier())      # float32 scores under --amp bf16, as every head
