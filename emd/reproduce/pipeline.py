@@ -101,6 +101,12 @@ def ipc_kernel_manager(folder):
     class IPCKernelManager(AsyncKernelManager):
         def __init__(self, **kwargs):
             super().__init__(transport='ipc', ip=str(Path(folder) / 'kernel'), **kwargs)
+
+        async def _async_interrupt_kernel(self):
+            # jupyter_client sends SIGINT to every kernel it shuts down, and a kernel caught between two messages then
+            # logs "KeyboardInterrupt caught in kernel" on the console; papermill shuts a kernel down only after its
+            # last cell, so the shutdown request alone ends it (a cell's timeout still interrupts: `interrupt_kernel`)
+            if not self.shutting_down: await super()._async_interrupt_kernel()
     return IPCKernelManager
 
 def execute_notebook(src, dest, parameters: dict, cwd, echo: bool = False) -> None:
